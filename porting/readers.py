@@ -1,0 +1,76 @@
+"""Checkpoint readers behind one small interface: list variables cheaply, read one on demand.
+
+``open_reader(src, kind)`` resolves ``src`` (see ``porting.sources``) and returns a reader.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+import numpy as np
+
+from porting.errors import PortError
+from porting.sources import CheckpointSource, resolve_source
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class CheckpointReader(Protocol):
+    source: CheckpointSource
+
+    def variables(self) -> Mapping[str, VariableInfo]:
+        """name -> dtype and shape, read from the index only."""
+
+    def read(self, name: str) -> np.ndarray:
+        """The full value of one variable; raises PortError naming the file on bad data."""
+
+
+def _first_line(err: Exception) -> str:
+    text = str(getattr(err, "message", None) or err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class TFReader:
+    """TensorFlow's own reader (``tf.train.load_checkpoint``): the reference implementation."""
+
+    def __init__(self, source: CheckpointSource):
+        import tensorflow as tf  # only this reader needs TensorFlow
+
+        self.source = source
+        self._errors = tf.errors.OpError
+        try:
+            self._reader = tf.train.load_checkpoint(str(source.prefix))
+            shapes = self._reader.get_variable_to_shape_map()
+            dtypes = self._reader.get_variable_to_dtype_map()
+        except self._errors as err:
+            raise PortError(f"{source.files[0]}: unreadable checkpoint index: {_first_line(err)}") from err
+        self._variables = {
+            name: VariableInfo(np.dtype(dtypes[name].as_numpy_dtype), tuple(int(d) for d in shape))
+            for name, shape in sorted(shapes.items())
+        }
+
+    def variables(self) -> Mapping[str, VariableInfo]:
+        return self._variables
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            return np.asarray(self._reader.get_tensor(name))
+        except self._errors as err:
+            raise PortError(
+                f"{self.source.prefix}.data-*: cannot read {name}: {_first_line(err)}") from err
+
+
+READERS = {"tf": TFReader}
+
+
+def open_reader(src, kind: str = "tf") -> CheckpointReader:
+    source = src if isinstance(src, CheckpointSource) else resolve_source(src)
+    return READERS[kind](source)
