@@ -42,7 +42,9 @@ class TFReader:
     """TensorFlow's own reader (``tf.train.load_checkpoint``): the reference implementation."""
 
     def __init__(self, source: CheckpointSource):
-        import tensorflow as tf  # only this reader needs TensorFlow
+        from porting.tfslim import import_tensorflow  # only this reader needs TensorFlow
+
+        tf = import_tensorflow()
 
         self.source = source
         self._errors = tf.errors.OpError

@@ -17,14 +17,21 @@ import numpy as np
 
 from porting.name_map import EMA_SUFFIX
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 _LEGACY_LAYERS = ("base", "convolutional", "core", "normalization", "pooling", "variable_scope_shim")
+
+
+def import_tensorflow():
+    """TensorFlow, with its C++ start-up chatter (oneDNN, CUDA probing) silenced."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf
 
 
 def import_tf_slim():
     """(tf, slim, inception_v3 module), with the tf_keras module aliases in place."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     legacy = importlib.import_module("tf_keras.src.legacy_tf_layers")
     sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy)
