@@ -8,6 +8,7 @@ for the rest of the process.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -20,9 +21,26 @@ from porting.name_map import EMA_SUFFIX
 _LEGACY_LAYERS = ("base", "convolutional", "core", "normalization", "pooling", "variable_scope_shim")
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """Silence file descriptor 2: TF 2.21's C++ logs ignore TF_CPP_MIN_LOG_LEVEL at import."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def import_tensorflow():
     """TensorFlow, with its C++ start-up chatter (oneDNN, CUDA probing) silenced."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules:
+        with _stderr_to_devnull():
+            import tensorflow  # noqa: F401
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
