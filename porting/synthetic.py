@@ -31,12 +31,10 @@ def _classifier_input(end_points, scope: str):
 
 def build_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarray, *,
                                num_classes: int = 1001, aux: bool = True, seed: int = 0,
-                               v1_format: bool = False, ema_shadows: bool = False,
-                               optimizer_slots: bool = False) -> Path:
+                               v1_format: bool = False) -> Path:
     """Write a calibrated random TF-Slim Inception v3 checkpoint at ``prefix``; return it.
 
-    ``ema_shadows`` adds an ExponentialMovingAverage shadow for every model variable (values
-    perturbed, so using them or not is visible); ``optimizer_slots`` adds RMSProp slots.
+    ``v1_format`` writes the older single-file V1 table (as the 2016 inception_v3 release).
     """
     tf, _, _ = import_tf_slim()
     rng = np.random.default_rng(seed)
@@ -50,8 +48,7 @@ def build_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarra
         _, end_points = build_inception_v3(images, num_classes, aux, reuse=True)
         global_step = tf.compat.v1.train.get_or_create_global_step()
         update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
-        model_vars = [v for v in tf.compat.v1.global_variables() if v is not global_step]
-        by_name = {v.op.name: v for v in model_vars}
+        by_name = {v.op.name: v for v in tf.compat.v1.global_variables() if v is not global_step}
         with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             for name, var in by_name.items():
@@ -74,19 +71,6 @@ def build_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarra
                 by_name[f"{scope}/weights"].load(weights[None, None].astype(np.float32), sess)
                 by_name[f"{scope}/biases"].load(biases.astype(np.float32), sess)
             global_step.load(123456, sess)
-
-            # Training leftovers the converter must skip (or, for --ema, use): extra variables
-            # named the way TF's ExponentialMovingAverage and RMSProp name them.
-            suffixes = ["/ExponentialMovingAverage"] * ema_shadows
-            suffixes += ["/RMSProp", "/RMSProp_1"] * optimizer_slots
-            extras = []
-            for name, var in by_name.items():
-                value = sess.run(var)
-                for suffix in suffixes:
-                    perturbed = value * rng.normal(1.0, 0.02, value.shape)
-                    extras.append(tf.compat.v1.Variable(perturbed.astype(np.float32),
-                                                        name=name + suffix))
-            sess.run(tf.compat.v1.variables_initializer(extras))
 
             version = tf.compat.v1.train.SaverDef.V1 if v1_format else tf.compat.v1.train.SaverDef.V2
             saver = tf.compat.v1.train.Saver(write_version=version)
