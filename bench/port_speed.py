@@ -1,0 +1,85 @@
+"""Whole-process port speed and memory: native reader vs TensorFlow's, on an adv_inception_v3-sized
+synthetic checkpoint. Runs alternate (noise hits both alike); medians of wall time and peak RSS.
+
+Targets: native wall <= 0.40 x TF's; native peak RSS <= `import torch` RSS + 1.5 x checkpoint.
+Usage: python bench/port_speed.py [--runs N] [--checkpoint PREFIX]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WALL_RATIO_TARGET = 0.40
+RSS_CHECKPOINT_FACTOR = 1.5
+WRAPPER = "import resource, subprocess, sys, time\n" \
+          "t = time.perf_counter(); rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n" \
+          "wall = time.perf_counter() - t\n" \
+          "print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
+
+
+def measure(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of ``command``, measured in a fresh wrapper process so that
+    RUSAGE_CHILDREN holds this one child only."""
+    out = subprocess.run([sys.executable, "-c", WRAPPER, *command], capture_output=True,
+                         text=True, check=True).stdout.split()
+    wall, rss_kib, rc = float(out[0]), int(out[1]), int(out[2])
+    if rc != 0:
+        raise SystemExit(f"failed ({rc}): {' '.join(command)}")
+    return wall, rss_kib / 1024
+
+
+def build_checkpoint(folder: Path) -> Path:
+    from porting.photos import load_photos
+    from porting.synthetic import build_synthetic_checkpoint
+
+    return build_synthetic_checkpoint(folder / "adv_inception_v3.ckpt", load_photos()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--checkpoint", type=Path, help="existing V2 prefix (default: build one)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.checkpoint is None:
+            started = time.perf_counter()
+            prefix = build_checkpoint(tmp)
+            print(f"built synthetic checkpoint in {time.perf_counter() - started:.0f} s")
+        else:
+            prefix = args.checkpoint
+        ckpt_mib = sum(f.stat().st_size for f in prefix.parent.glob(f"{prefix.name}.*")) / 2**20
+        cli = [sys.executable, "-m", "porting.cli", "port", "--src", str(prefix)]
+        commands = {
+            "import torch": [sys.executable, "-c", "import torch"],
+            "native": [*cli, "--dst", str(tmp / "native" / "x.pth")],
+            "tf": [*cli, "--dst", str(tmp / "tf" / "x.pth"), "--reader", "tf"],
+        }
+        samples = {name: [] for name in commands}
+        for _ in range(args.runs):
+            for name, command in commands.items():
+                samples[name].append(measure(command))
+
+    median = {name: (statistics.median(w for w, _ in runs), statistics.median(r for _, r in runs))
+              for name, runs in samples.items()}
+    print(f"checkpoint {ckpt_mib:.1f} MiB; medians of {args.runs} alternating runs\n")
+    print(f"{'command':<14}{'wall s':>9}{'peak RSS MiB':>15}")
+    for name, (wall, rss) in median.items():
+        print(f"{name:<14}{wall:>9.2f}{rss:>15.0f}")
+    ratio = median["native"][0] / median["tf"][0]
+    rss_limit = median["import torch"][1] + RSS_CHECKPOINT_FACTOR * ckpt_mib
+    print(f"\nwall native/tf  {ratio:.2f}  (target <= {WALL_RATIO_TARGET:.2f}): "
+          f"{'ok' if ratio <= WALL_RATIO_TARGET else 'MISSED'}")
+    print(f"native peak RSS {median['native'][1]:.0f} MiB  (target <= torch import + "
+          f"{RSS_CHECKPOINT_FACTOR} x checkpoint = {rss_limit:.0f} MiB): "
+          f"{'ok' if median['native'][1] <= rss_limit else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,398 @@
+"""Read TensorFlow checkpoints without TensorFlow: V2 tensor bundles and V1 SavedTensorSlices.
+
+Only numpy, google-crc32c and cramjam (Snappy blocks). Opening reads the index alone; each
+``read`` fetches one tensor with positional reads, so memory stays near one copy of the weights.
+Every block and every V2 tensor is checked against its CRC-32C; anything malformed is a
+PortError naming the file and the tensor, never a wrong value.
+
+bfloat16 tensors come back as ``ml_dtypes.bfloat16`` arrays, as TensorFlow returns them; without
+ml_dtypes installed they are reported as unreadable (numpy has no bfloat16 of its own).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from porting.errors import PortError
+from porting.readers import VariableInfo
+from porting.sources import V1, CheckpointSource
+from porting.sstable import (FormatError, Table, as_int64, crc32c, last, parse_message,
+                             read_exact, read_varint, repeated_fixed, repeated_varints, scalar,
+                             submessage, unmask_crc)
+
+# TensorFlow DataType enum (types.proto) -> little-endian numpy dtype.
+_NUMPY_DTYPES = {
+    1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 8: "<c8", 9: "<i8", 10: "?",
+    17: "<u2", 18: "<c16", 19: "<f2", 22: "<u4", 23: "<u8",
+}
+DT_STRING, DT_BFLOAT16, DT_HALF = 7, 14, 19
+_REF_OFFSET = 100  # DT_FLOAT_REF = 101 etc.: the same data
+
+
+def _dtype(code: int) -> np.dtype:
+    """numpy dtype of a TF DataType code; strings are object arrays of bytes, as TF returns."""
+    if _REF_OFFSET < code < 2 * _REF_OFFSET:
+        code -= _REF_OFFSET
+    if code in _NUMPY_DTYPES:
+        return np.dtype(_NUMPY_DTYPES[code])
+    if code == DT_STRING:
+        return np.dtype(object)
+    if code == DT_BFLOAT16:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise FormatError("bfloat16 tensor: install ml_dtypes to read it") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    raise FormatError(f"unsupported TensorFlow dtype {code}")
+
+
+def _shape(fields: dict) -> tuple[int, ...]:
+    """A TensorShapeProto's dims (dim=2 {size=1}); unknown rank or sizes cannot be stored."""
+    if scalar(fields, 3):
+        raise FormatError("shape of unknown rank")
+    dims = tuple(as_int64(scalar(parse_message(d), 1)) for d in fields.get(2, []))
+    if any(d < 0 for d in dims):
+        raise FormatError(f"shape {list(dims)} has an unknown dimension")
+    return dims
+
+
+Extent = tuple[int, int]  # (start, length); length -1 means the whole dimension
+
+
+def _slice(message) -> tuple[Extent, ...]:
+    """A TensorSliceProto: extent=1 {start=1, length=2}; a missing length is the full extent."""
+    extents = []
+    for extent in parse_message(message).get(1, []):
+        fields = parse_message(extent)
+        extents.append((as_int64(scalar(fields, 1)), as_int64(scalar(fields, 2, -1))))
+    return tuple(extents)
+
+
+def _ordered_signed(value: int) -> bytes:
+    """OrderedCode's SignedNumIncreasing: a length-prefixed two's complement, bytewise sortable."""
+    magnitude = ~value if value < 0 else value
+    length = magnitude.bit_length() // 7 + 1  # each byte carries 7 payload bits after the header
+    header = ((1 << length) - 1) << (7 * length)  # ``length`` leading one bits
+    return ((value & ((1 << 8 * length) - 1)) ^ header).to_bytes(length, "big")
+
+
+def _ordered_unsigned(value: int) -> bytes:
+    """OrderedCode's NumIncreasing: one length byte, then big-endian bytes without leading zeros."""
+    payload = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return bytes([len(payload)]) + payload
+
+
+def slice_key(name: str, extents: tuple[Extent, ...]) -> bytes:
+    """The table key of one slice of a tensor (EncodeTensorNameSlice's layout)."""
+    escaped = name.encode().replace(b"\xff", b"\xff\x00").replace(b"\x00", b"\x00\xff")
+    key = _ordered_unsigned(0) + escaped + b"\x00\x01" + _ordered_unsigned(len(extents))
+    for start, length in extents:
+        key += _ordered_signed(start) + _ordered_signed(length)
+    return key
+
+
+def _slice_index(extents: tuple[Extent, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Numpy index of a slice in the full tensor; raises if it does not fit."""
+    if len(extents) != len(shape):
+        raise FormatError(f"slice of rank {len(extents)} in a tensor of rank {len(shape)}")
+    index = []
+    for (start, length), dim in zip(extents, shape):
+        stop = dim if length == -1 else start + length
+        if not 0 <= start <= stop <= dim or length < -1:
+            raise FormatError(f"slice {list(extents)} outside shape {list(shape)}")
+        index.append(slice(start, stop))
+    return tuple(index)
+
+
+class _Assembly:
+    """A full tensor filled slice by slice; every element must be written exactly once."""
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...]):
+        self.value = np.empty(shape, dtype)
+        self.filled = np.zeros(shape, bool)
+
+    def put(self, extents: tuple[Extent, ...], part: np.ndarray) -> None:
+        index = _slice_index(extents, self.value.shape) + (Ellipsis,)  # a view, even at rank 0
+        target = self.value[index]
+        if part.shape != target.shape:
+            raise FormatError(f"slice {list(extents)} holds shape {list(part.shape)}, "
+                              f"expected {list(target.shape)}")
+        if self.filled[index].any():
+            raise FormatError(f"slice {list(extents)} overlaps another slice")
+        target[...] = part
+        self.filled[index] = True
+
+    def result(self) -> np.ndarray:
+        if not self.filled.all():
+            raise FormatError(f"slices cover only {int(self.filled.sum())} of "
+                              f"{self.filled.size} elements")
+        return self.value
+
+
+# --- V2: tensor bundles -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _BundleEntry:
+    """A BundleEntryProto: where one tensor (or one slice of one) lies in the data shards."""
+    dtype: np.dtype
+    dtype_code: int
+    shape: tuple[int, ...]
+    shard: int
+    offset: int
+    size: int
+    crc: int
+    slices: tuple[tuple[Extent, ...], ...]
+
+    @classmethod
+    def parse(cls, value) -> "_BundleEntry":
+        fields = parse_message(value)
+        code = scalar(fields, 1)
+        slices = tuple(_slice(s) for s in fields.get(7, []))
+        entry = cls(_dtype(code), code, _shape(submessage(fields, 2)), scalar(fields, 3),
+                    as_int64(scalar(fields, 4)), as_int64(scalar(fields, 5)), scalar(fields, 6),
+                    slices)
+        if entry.offset < 0 or entry.size < 0:
+            raise FormatError(f"negative offset {entry.offset} or size {entry.size}")
+        count = int(np.prod(entry.shape, dtype=object))
+        if not slices and entry.dtype != object and entry.size != count * entry.dtype.itemsize:
+            raise FormatError(f"{entry.size} bytes stored for {count} x {entry.dtype}")
+        return entry
+
+
+def _strings(raw: bytearray, count: int, expected_crc: int) -> np.ndarray:
+    """A V2 string tensor: varint lengths, masked crc of the lengths, then the bytes."""
+    lengths, pos = [], 0
+    for _ in range(count):
+        length, pos = read_varint(raw, pos)
+        lengths.append(length)
+    if pos + 4 > len(raw):
+        raise FormatError("string tensor truncated in its lengths")
+    # Both crcs cover each length as a fixed-width little-endian integer, not as its varint.
+    fixed = b"".join(n.to_bytes(4 if n < 1 << 32 else 8, "little") for n in lengths)
+    lengths_crc = crc32c(fixed)
+    if unmask_crc(int.from_bytes(raw[pos:pos + 4], "little")) != lengths_crc:
+        raise FormatError("string lengths checksum mismatch")
+    body = memoryview(raw)[pos + 4:]
+    if sum(lengths) != len(body):
+        raise FormatError(f"string lengths add up to {sum(lengths)}, {len(body)} bytes stored")
+    if crc32c(body, crc32c(raw[pos:pos + 4], lengths_crc)) != expected_crc:
+        raise FormatError("checksum mismatch")
+    out, pos = np.empty(count, object), 0
+    for i, length in enumerate(lengths):
+        out[i] = bytes(body[pos:pos + length])
+        pos += length
+    return out
+
+
+class _Bundle:
+    def __init__(self, source: CheckpointSource):
+        self.index_path = source.files[0]
+        self.prefix = source.prefix
+        self.table = Table(self.index_path)
+        header, self.entries = None, {}
+        for key, value in self.table.items():
+            if key == b"":
+                header = parse_message(value)
+                continue
+            name = key.decode("utf-8", "replace")
+            try:
+                self.entries[key] = _BundleEntry.parse(value)
+            except FormatError as err:
+                raise FormatError(f"{name}: {err}") from None
+        if header is None:
+            raise FormatError("no bundle header (not a V2 checkpoint index)")
+        self.num_shards = scalar(header, 1)
+        endianness = scalar(header, 2)
+        if endianness not in (0, 1):
+            raise FormatError(f"unknown endianness {endianness} in the bundle header")
+        self.big_endian = endianness == 1
+        self.shards = [Path(f"{self.prefix}.data-{i:05d}-of-{self.num_shards:05d}")
+                       for i in range(self.num_shards)]
+        for key, entry in self.entries.items():
+            if not entry.slices and entry.shard >= self.num_shards:
+                raise FormatError(f"{key.decode('utf-8', 'replace')}: in shard {entry.shard} "
+                                  f"of {self.num_shards}")
+
+    def variables(self) -> dict[str, VariableInfo]:
+        return {key.decode("utf-8", "replace"): VariableInfo(e.dtype, e.shape)
+                for key, e in self.entries.items() if not key.startswith(b"\x00")}
+
+    def file_of(self, name: str) -> Path:
+        entry = self.entries[name.encode()]
+        return self.index_path if entry.slices else self.shards[entry.shard]
+
+    def read(self, name: str) -> np.ndarray:
+        entry = self.entries[name.encode()]
+        if not entry.slices:
+            return self._read_stored(entry)
+        whole = _Assembly(entry.dtype, entry.shape)
+        for extents in entry.slices:
+            part = self.entries.get(slice_key(name, extents))
+            if part is None or part.slices:
+                raise FormatError(f"slice {list(extents)} missing from the index")
+            if part.dtype_code != entry.dtype_code:
+                raise FormatError(f"slice {list(extents)} has dtype {part.dtype}, not {entry.dtype}")
+            whole.put(extents, self._read_stored(part))
+        return whole.result()
+
+    def _read_stored(self, entry: _BundleEntry) -> np.ndarray:
+        path = self.shards[entry.shard]
+        if not path.is_file():
+            raise FormatError("data shard missing", path)
+        raw = read_exact(path, entry.offset, entry.size, "tensor data")
+        try:
+            if entry.dtype == object:
+                count = int(np.prod(entry.shape, dtype=object))
+                return _strings(raw, count, unmask_crc(entry.crc)).reshape(entry.shape)
+            if crc32c(raw) != unmask_crc(entry.crc):
+                raise FormatError("checksum mismatch")
+        except FormatError as err:
+            raise FormatError(str(err), path) from None
+        stored = entry.dtype.newbyteorder(">") if self.big_endian else entry.dtype
+        value = np.frombuffer(raw, stored).reshape(entry.shape)
+        return value.astype(entry.dtype) if self.big_endian else value
+
+
+# --- V1: SavedTensorSlices tables -------------------------------------------------------------
+
+# TensorProto field holding the values of each dtype in V1 slices (tensor.proto).
+_FIXED_FIELDS = {1: 5, 2: 6, 8: 9, 18: 12}  # float_val, double_val, scomplex_val, dcomplex_val
+_VARINT_FIELDS = {3: 7, 4: 7, 5: 7, 6: 7, 17: 7, 9: 10, 10: 11, DT_HALF: 13, DT_BFLOAT16: 13,
+                  22: 16, 23: 17}  # int_val, int64_val, bool_val, half_val, uint32/64_val
+_STRING_FIELD = 8
+
+
+def _tensor_values(proto: dict, code: int, dtype: np.dtype, count: int) -> np.ndarray:
+    """The *_val field of a V1 slice's TensorProto as a flat array of ``count`` values."""
+    code = code - _REF_OFFSET if _REF_OFFSET < code < 2 * _REF_OFFSET else code
+    if code == DT_STRING:
+        values = np.empty(len(proto.get(_STRING_FIELD, [])), object)
+        for i, item in enumerate(proto.get(_STRING_FIELD, [])):
+            if isinstance(item, int):
+                raise FormatError("string value is not a byte string")
+            values[i] = bytes(item)
+    elif code in _FIXED_FIELDS:
+        parts = dtype.type(0).real.dtype  # complex numbers are stored as (real, imag) pairs
+        values = repeated_fixed(proto.get(_FIXED_FIELDS[code], []), parts)
+        if dtype.kind == "c":
+            if len(values) % 2:
+                raise FormatError("complex values with a lone real part")
+            values = values.view(dtype)
+    elif code in _VARINT_FIELDS:
+        raw = np.array(repeated_varints(proto.get(_VARINT_FIELDS[code], [])), np.uint64)
+        if code in (DT_HALF, DT_BFLOAT16):  # stored as their 16-bit patterns
+            values = raw.astype(np.uint16).view(dtype)
+        else:  # two's complement in 64 bits: truncating gives each signed or unsigned width
+            values = raw.astype(dtype)
+    else:
+        raise FormatError(f"dtype {dtype} has no V1 encoding")
+    if len(values) != count:
+        raise FormatError(f"{len(values)} values stored for {count} elements")
+    return values
+
+
+@dataclass(frozen=True)
+class _SlicedTensor:
+    code: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    parts: tuple[tuple[Table, tuple[Extent, ...]], ...]  # (table holding it, slice)
+
+
+class _SliceTables:
+    def __init__(self, source: CheckpointSource):
+        self.tensors: dict[str, _SlicedTensor] = {}
+        self.files = source.files
+        for path in source.files:
+            try:
+                self._add_table(Table(path))
+            except FormatError as err:
+                raise FormatError(str(err), err.path or path) from None
+
+    def _add_table(self, table: Table) -> None:
+        meta_value = table.get(b"")
+        if meta_value is None:
+            raise FormatError("no SavedTensorSlices metadata (not a V1 checkpoint)")
+        meta = submessage(parse_message(meta_value), 1)
+        for saved in meta.get(1, []):
+            fields = parse_message(saved)
+            name = bytes(last(fields, 1, b"")).decode("utf-8", "replace")
+            try:
+                code = scalar(fields, 3)
+                tensor = _SlicedTensor(code, _dtype(code), _shape(submessage(fields, 2)),
+                                       tuple((table, _slice(s)) for s in fields.get(4, [])))
+                known = self.tensors.get(name)
+                if known is not None:  # sharded: slices of one tensor in several files
+                    if (known.code, known.shape) != (code, tensor.shape):
+                        raise FormatError("dtype or shape differs between shards")
+                    tensor = _SlicedTensor(code, tensor.dtype, tensor.shape,
+                                           known.parts + tensor.parts)
+            except FormatError as err:
+                raise FormatError(f"{name}: {err}") from None
+            self.tensors[name] = tensor
+
+    def variables(self) -> dict[str, VariableInfo]:
+        return {name: VariableInfo(t.dtype, t.shape) for name, t in sorted(self.tensors.items())}
+
+    def file_of(self, name: str) -> Path:
+        parts = self.tensors[name].parts
+        return parts[0][0].path if parts else self.files[0]
+
+    def read(self, name: str) -> np.ndarray:
+        tensor = self.tensors[name]
+        whole = _Assembly(tensor.dtype, tensor.shape)
+        for table, extents in tensor.parts:
+            try:
+                whole.put(extents, self._read_slice(table, name, tensor, extents))
+            except FormatError as err:
+                raise FormatError(str(err), table.path) from None
+        return whole.result()
+
+    @staticmethod
+    def _read_slice(table: Table, name: str, tensor: _SlicedTensor,
+                    extents: tuple[Extent, ...]) -> np.ndarray:
+        value = table.get(slice_key(name, extents))
+        if value is None:
+            raise FormatError(f"slice {list(extents)} missing")
+        saved = submessage(parse_message(value), 2)
+        if bytes(last(saved, 1, b"")) != name.encode():
+            raise FormatError(f"slice {list(extents)} is stored under another name")
+        if _slice(last(saved, 2, b"")) != extents:
+            raise FormatError(f"slice {list(extents)} is stored as another slice")
+        shape = tuple(s.stop - s.start for s in _slice_index(extents, tensor.shape))
+        count = int(np.prod(shape, dtype=object))
+        values = _tensor_values(submessage(saved, 3), tensor.code, tensor.dtype, count)
+        return values.reshape(shape)
+
+
+class NativeReader:
+    """TensorFlow checkpoints (V2 bundles, V1 single or sharded files) read without TensorFlow."""
+
+    def __init__(self, source: CheckpointSource):
+        self.source = source
+        try:
+            self._format = _SliceTables(source) if source.format == V1 else _Bundle(source)
+            self._variables = dict(sorted(self._format.variables().items()))
+        except FormatError as err:
+            raise PortError(f"{err.path or source.files[0]}: {err}") from None
+        except OSError as err:
+            raise PortError(f"{err.filename or source.files[0]}: cannot read: {err.strerror}") from None
+
+    def variables(self) -> Mapping[str, VariableInfo]:
+        return self._variables
+
+    def read(self, name: str) -> np.ndarray:
+        if name not in self._variables:
+            raise PortError(f"{self.source.files[0]}: no variable {name}")
+        try:
+            value = self._format.read(name)
+        except FormatError as err:
+            raise PortError(f"{err.path or self._format.file_of(name)}: {name}: {err}") from None
+        except OSError as err:
+            raise PortError(f"{err.filename or path}: {name}: cannot read: {err.strerror}") from None
+        except MemoryError:
+            raise PortError(f"{path}: {name}: too large to read into memory") from None
+        return value

@@ -1,0 +1,44 @@
+"""``port-weights inspect``: the variable table, destinations, skip reasons, totals."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from porting.cli import main
+from test_native_reader import checkpoints, tf  # noqa: F401 (shared TF-written fixtures)
+
+
+def test_inspect_synthetic_checkpoint(synthetic_ckpt):
+    result = CliRunner().invoke(main, ["inspect", str(synthetic_ckpt)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["variable", "dtype", "shape", "bytes", "PyTorch", "destination"]
+    row = next(line for line in lines if line.startswith("InceptionV3/Conv2d_1a_3x3/weights "))
+    assert row.split()[1:] == ["float32", "[3,", "3,", "3,", "32]", "3,456",
+                               "Conv2d_1a_3x3", "(weight)"]
+    assert any(line.startswith("global_step ") and "skipped: training counter" in line
+               for line in lines)
+    assert "(V2, 2 files)" in result.output
+    assert "total    389 variables" in result.output
+    assert "mapped   388 variables to 98 PyTorch layers" in result.output
+
+
+def test_inspect_without_aux_says_why_aux_is_skipped(synthetic_ckpt):
+    result = CliRunner().invoke(main, ["inspect", "--no-aux", str(synthetic_ckpt)])
+    assert result.exit_code == 0, result.output
+    assert "skipped: AuxLogits head left out (--no-aux)" in result.output
+
+
+def test_inspect_any_checkpoint_lists_it_and_says_port_would_fail(checkpoints):
+    result = CliRunner().invoke(main, ["inspect", str(checkpoints["v1"])])
+    assert result.exit_code == 0, result.output
+    assert "(V1, 1 files)" in result.output
+    assert "strings" in result.output and "string" in result.output
+    assert "port     would fail: " in result.output and "not a TF-Slim Inception v3" in result.output
+
+
+def test_inspect_of_garbage_is_one_line(tmp_path):
+    path = tmp_path / "x.ckpt"
+    path.write_bytes(b"hello")
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and result.output.startswith(f"error: {path}")

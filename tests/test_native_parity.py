@@ -1,0 +1,84 @@
+"""Porting with the native reader gives the same bytes as with TensorFlow's, and needs no TF."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from porting.convert import PortOptions
+from porting.pipeline import port_checkpoint
+from porting.sources import V1, resolve_source
+
+# Runs the CLI in a process where any ``import tensorflow`` fails.
+NO_TF_CLI = textwrap.dedent("""
+    import sys
+
+    class NoTensorFlow:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "tf_slim", "tf_keras"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, NoTensorFlow())
+    from porting.cli import main
+    sys.argv = ["port-weights", *sys.argv[1:]]
+    main()
+""")
+
+
+@pytest.fixture(scope="session")
+def tf_ported(synthetic_ckpt, tmp_path_factory):
+    """The synthetic checkpoint ported with TensorFlow's reader: the reference bytes."""
+    dst = tmp_path_factory.mktemp("tf_ported") / "x.pth"
+    return port_checkpoint(synthetic_ckpt, dst, PortOptions(), reader="tf").written.path
+
+
+@pytest.fixture(scope="session")
+def v1_copy(synthetic_ckpt, tmp_path_factory):
+    """The synthetic checkpoint's variables re-saved by TensorFlow as one V1 file."""
+    from porting.tfslim import import_tensorflow
+
+    tf = import_tensorflow()
+    values = tf.train.load_checkpoint(str(synthetic_ckpt))
+    prefix = tmp_path_factory.mktemp("v1_copy") / "inception_v3.ckpt"
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = [tf.compat.v1.Variable(values.get_tensor(name), name=name)
+                     for name in sorted(values.get_variable_to_shape_map())]
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver(variables, write_version=tf.compat.v1.train.SaverDef.V1).save(
+                sess, str(prefix), write_meta_graph=False, write_state=False)
+    return prefix
+
+
+def test_native_port_is_byte_identical_and_imports_no_tensorflow(synthetic_ckpt, tf_ported,
+                                                                 tmp_path):
+    dst = tmp_path / "x.pth"
+    run = subprocess.run([sys.executable, "-c", NO_TF_CLI, "port", "--src", str(synthetic_ckpt),
+                          "--dst", str(dst)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / tf_ported.name).read_bytes() == tf_ported.read_bytes()
+
+
+def test_the_blocker_really_blocks_tensorflow(synthetic_ckpt, tmp_path):
+    run = subprocess.run([sys.executable, "-c", NO_TF_CLI, "port", "--reader", "tf", "--src",
+                          str(synthetic_ckpt), "--dst", str(tmp_path / "x.pth")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and "blocked in this test" in run.stderr
+
+
+def test_v1_copy_ports_to_the_same_bytes(v1_copy, tf_ported, tmp_path):
+    assert resolve_source(v1_copy).format == V1
+    written = port_checkpoint(v1_copy, tmp_path / "x.pth", PortOptions(), reader="native").written
+    assert written.path.name == tf_ported.name
+    assert written.path.read_bytes() == tf_ported.read_bytes()
+
+
+def test_native_and_tf_agree_under_every_option(synthetic_ckpt, tmp_path):
+    for options in (PortOptions(num_classes=1001, fold_bn=True), PortOptions(aux=False)):
+        native, tf = (port_checkpoint(synthetic_ckpt, tmp_path / reader / "x.pth", options,
+                                      reader=reader).written for reader in ("native", "tf"))
+        assert native.sha256 == tf.sha256, options
