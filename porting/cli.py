@@ -74,9 +74,11 @@ def _reader_choice():
 
 @main.command()
 @click.option("--src", required=True, metavar="CKPT",
-              help="Checkpoint prefix, its .index or .data-* file, or a folder holding one checkpoint.")
+              help="Checkpoint prefix, its .index or .data-* file, a folder holding one checkpoint, "
+                   "a release .tar.gz, or keras.applications.InceptionV3 weights (.h5 / .weights.h5).")
 @click.option("--dst", required=True, type=click.Path(dir_okay=False), metavar="FILE.pth",
-              help="Requested output name; the file is written as NAME-<sha256[:8]>.pth beside it.")
+              help="Requested output name; the file is written as NAME-<sha256[:8]>.pth (or "
+                   ".safetensors) beside it, with NAME-<sha256[:8]>.json, its manifest.")
 @click.option("--num-classes", type=click.Choice(["1000", "1001"]), default="1000", show_default=True,
               help="1000 drops TF-Slim's background class 0 (timm's layout); 1001 keeps TF's outputs.")
 @click.option("--no-aux", is_flag=True, help="Leave out the AuxLogits head (for models built without it).")
@@ -84,31 +86,235 @@ def _reader_choice():
               help="Fold every batch norm into its conv (deploy variant: conv weight + bias).")
 @click.option("--ema", is_flag=True,
               help="Use the ExponentialMovingAverage shadow of each variable where the checkpoint has one.")
-@click.option("--reader", type=_reader_choice(), default="tf", show_default=True,
-              help="Checkpoint reader implementation.")
+@click.option("--reader", type=_reader_choice(), default="native", show_default=True,
+              help="Checkpoint reader: native (no TensorFlow) or tf (TensorFlow's, to cross-check).")
+@click.option("--format", "fmt", type=click.Choice(["pth", "safetensors"]), default="pth",
+              show_default=True, help="Output format; safetensors carries source and options in "
+                                      "its header.")
+@click.option("--model-card", is_flag=True,
+              help="Also write NAME-<sha256[:8]>.md, a model-zoo style card for the file.")
 @click.option("--force", is_flag=True, help="Replace an existing output file with different contents.")
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped variable.")
 @handles_errors
-def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, force, verbose):
-    """Convert a checkpoint to a hashed, reproducible PyTorch state dict (.pth).
+def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, force, verbose):
+    """Convert a checkpoint to a hashed, reproducible PyTorch state dict (.pth or .safetensors).
 
     Every model variable is mapped exactly once and every shape is checked; training leftovers
     (global_step, optimizer slots, EMA shadows) are listed and skipped; anything else is an
-    error. The same input and options always give the same bytes.
+    error. The same input and options always give the same bytes. A manifest (NAME-<hash>.json:
+    source files and their sha256, options, mapped and skipped variables) is written beside it.
     """
     from porting.convert import PortOptions
     from porting.pipeline import port_checkpoint
 
     options = PortOptions(num_classes=int(num_classes), aux=not no_aux, fold_bn=fold_bn, ema=ema)
-    result = port_checkpoint(src, dst, options, reader=reader, force=force)
+    result = port_checkpoint(src, dst, options, reader=reader, force=force, fmt=fmt,
+                             card=model_card)
     source, conversion, written = result.source, result.conversion, result.written
-    click.echo(f"source   {source.prefix} ({source.format}, {result.variable_count} variables)")
+    where = f"{result.archive}: {source.prefix.name}" if result.archive else source.prefix
+    click.echo(f"source   {where} ({source.format}, {result.variable_count} variables)")
     click.echo(f"mapped   {len(conversion.mapped)} variables -> {len(conversion.state_dict)} "
                f"tensors ({options.describe()})")
     click.echo(f"skipped  {_describe_skipped(conversion.skipped, verbose)}")
     state = "unchanged, already there" if written.unchanged else "written"
     click.echo(f"output   {written.path} ({state})")
     click.echo(f"sha256   {written.sha256}")
+    click.echo(f"manifest {result.manifest}")
+    if result.card:
+        click.echo(f"card     {result.card}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--dest", type=click.Path(file_okay=False), metavar="DIR",
+              help="Folder to download into  [default: the registry's folder, checkpoints/]")
+@click.option("--sha256", "sha256", metavar="HEX",
+              help="Expected sha256 of the archive (overrides the registry's).")
+@click.option("--url", metavar="URL", help="Download from here instead of the registry's URL.")
+@handles_errors
+def fetch(name, dest, sha256, url):
+    """Download release NAME's archive (see checkpoints/registry.json) and verify it.
+
+    Shows progress on stderr, retries with backoff, resumes an interrupted transfer from
+    NAME.part, and checks the sha256 when one is known; a mismatch leaves no file behind.
+    The archive can then be ported directly:
+
+    \b
+      port-weights --src ARCHIVE --dst OUT.pth
+    """
+    from pathlib import Path
+
+    from porting.download import download
+    from porting.registry import REGISTRY_PATH, get_release
+
+    release = get_release(name)
+    expected = sha256 or release.sha256
+    folder = Path(dest) if dest else REGISTRY_PATH.parent
+    fetched = download(url or release.url, folder / release.archive, expected)
+    state = "already there" if fetched.unchanged else "downloaded"
+    click.echo(f"archive  {fetched.path} ({state})")
+    if fetched.verified:
+        click.echo(f"sha256   {fetched.sha256} (verified)")
+    else:
+        click.echo(f"sha256   {fetched.sha256} (NOT verified: no digest is pinned for {name}; "
+                   f"check it, then record it in {REGISTRY_PATH})")
+
+
+@main.command()
+@click.argument("src", metavar="CKPT")
+@click.option("--no-aux", is_flag=True, help="Plan as `port --no-aux` would (AuxLogits skipped).")
+@click.option("--ema", is_flag=True, help="Plan as `port --ema` would (moving averages used).")
+@click.option("--reader", type=_reader_choice(), default="native", show_default=True,
+              help="Checkpoint reader: native (no TensorFlow) or tf (TensorFlow's).")
+@handles_errors
+def inspect(src, no_aux, ema, reader):
+    """List a checkpoint's variables and where each one goes in the PyTorch model.
+
+    Reads the index only. Shows the format, every variable (dtype, shape, bytes) with its
+    PyTorch layer or the reason it is skipped, and whether `port` would accept it.
+    """
+    from porting.convert import PortOptions, plan_variables
+    from porting.readers import open_reader
+
+    checkpoint = open_reader(src, reader)
+    variables = checkpoint.variables()
+    try:
+        layers, sources, skipped = plan_variables(checkpoint, PortOptions(aux=not no_aux, ema=ema))
+        verdict = None
+    except PortError as err:  # still worth listing what is there
+        layers, sources, skipped, verdict = [], {}, {}, str(err)
+    destination = {sources[name]: f"{layer.torch_name} ({role})"
+                   for layer in layers for role, name in layer.variables().items()}
+
+    def place(name: str) -> str:
+        return destination.get(name) or (f"skipped: {skipped[name]}" if name in skipped else "-")
+
+    def size(info) -> str:  # a string tensor's size is not in the index
+        return "-" if info.dtype == object else f"{info.nbytes:,}"
+
+    rows = [(name, "string" if info.dtype == object else str(info.dtype),
+             "[" + ", ".join(map(str, info.shape)) + "]", size(info), place(name))
+            for name, info in variables.items()]
+    header = ("variable", "dtype", "shape", "bytes", "PyTorch destination")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in
+                 enumerate(zip(row, widths))]
+        click.echo("  ".join([*cells, row[-1]]))
+
+    source = checkpoint.source
+    total = sum(info.nbytes for info in variables.values() if info.dtype != object)
+    click.echo(f"\nsource   {source.prefix} ({source.format}, {len(source.files)} files)")
+    click.echo(f"total    {len(variables)} variables, {total:,} bytes ({total / 2**20:.1f} MiB)")
+    if verdict is None:
+        click.echo(f"mapped   {len(destination)} variables to {len(layers)} PyTorch layers")
+        click.echo(f"skipped  {_describe_skipped(skipped, verbose=False)}")
+    else:
+        click.echo(f"port     would fail: {verdict}")
+
+
+@main.command()
+@click.option("--src", metavar="CKPT", type=click.Path(),
+              help="Source checkpoint: TF-Slim's graph runs on it (needs TensorFlow).")
+@click.option("--weights", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Ported .pth to check (loaded with weights_only=True).")
+@click.option("--goldens", metavar="FILE.h5", type=click.Path(dir_okay=False),
+              help="Reference recorded with --record-goldens, instead of --src: no TensorFlow needed.")
+@click.option("--images", "images_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Folder of images to feed both models  [default: scikit-image's 10 photos]")
+@click.option("--count", type=click.IntRange(min=1), metavar="N",
+              help="Use only the first N images (sorted by name).")
+@click.option("--float64", is_flag=True,
+              help="Run both sides in double precision: every end point must agree to 1e-10 "
+                   "relative, which proves the mapping exact (not for --fold-bn files).")
+@click.option("--gradients", is_flag=True,
+              help="Also compare input gradients of the true-label cross-entropy and cross-check "
+                   "FGSM images (eps 2/255 of the pixel range) between the frameworks.")
+@click.option("--label", type=int, metavar="CLASS",
+              help="True label for --gradients, as an index into FILE's classes  [default: TF's top-1]")
+@click.option("--ema", is_flag=True, help="The file was ported with --ema: run TF-Slim on the "
+                                         "ExponentialMovingAverage shadows too.")
+@click.option("--record-goldens", metavar="FILE.h5", type=click.Path(dir_okay=False),
+              help="Store the inputs, TF-Slim's end points and the checkpoint's sha256 in HDF5.")
+@click.option("--json", "json_path", metavar="REPORT", type=click.Path(dir_okay=False),
+              help="Also write the report as JSON.")
+@handles_errors
+def verify(src, weights, goldens, images_dir, count, float64, gradients, label, ema,
+           record_goldens, json_path):
+    """Show that a ported file computes what TF-Slim computes, end point by end point.
+
+    \b
+    For each TF-Slim end point (Conv2d_1a_3x3 ... Mixed_7c, AuxLogits, PreLogits, Logits)
+    prints max |diff|, the relative error max |diff| / max(1, max |TF|) and its bound
+    (float32: 1e-4 for the classifier outputs, 1e-3 for feature maps; --float64: 1e-10),
+    then names the first end point that diverges: that is where a port went wrong.
+    1000-class files are compared with TF's logits[:, 1:] (background dropped).
+
+    \b
+    Typical use:
+      port-weights verify --src adv_inception_v3.ckpt --weights out/adv_inception_v3-1a2b3c4d.pth
+      port-weights verify --src CKPT --weights FILE --float64 --gradients
+      port-weights verify --src CKPT --record-goldens goldens.h5 --count 2
+      port-weights verify --goldens goldens.h5 --weights FILE      (no TensorFlow needed)
+
+    Exit 0 when every check passes, 1 with a one-line verdict when one fails.
+    """
+    import json
+    from pathlib import Path
+
+    from porting.verify import VerifyRequest, run
+
+    def path(value):
+        return None if value is None else Path(value)
+
+    request = VerifyRequest(
+        weights=path(weights), src=path(src), goldens=path(goldens), images_dir=path(images_dir),
+        image_count=count, float64=float64, gradients=gradients, label=label, ema=ema,
+        record_goldens=path(record_goldens))
+    report = run(request, progress=_progress_line)
+    if report.end_points:
+        click.echo("\n".join(report.table()))
+    if report.goldens_written:
+        click.echo(f"goldens  {report.goldens_written}")
+    if json_path:
+        try:
+            Path(json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        except OSError as err:
+            raise PortError(f"{json_path}: cannot write report: {err.strerror or err}") from err
+    if not report.passed:
+        click.echo(report.verdict(), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(report.verdict())
+
+
+def _progress_line(phase: str, done: int, total: int) -> None:
+    """One self-overwriting progress line on stderr, only when it is a terminal."""
+    if sys.stderr.isatty():
+        click.echo(f"\r{phase}: {done}/{total} images", err=True, nl=done == total)
+
+
+@main.command()
+@click.argument("weights", metavar="FILE", type=click.Path(dir_okay=False))
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--preprocess", type=click.Choice(["tf-slim", "timm"]), default="tf-slim",
+              show_default=True,
+              help="tf-slim: central crop 87.5% and TF1 bilinear resize (what the TF model was "
+                   "evaluated with); timm: bicubic resize to 341, centre crop 299.")
+@click.option("--top", type=click.IntRange(1, 20), default=5, show_default=True,
+              help="How many classes to print per image.")
+@handles_errors
+def predict(weights, images, preprocess, top):
+    """Print the top ImageNet-1k classes of each IMAGE under a ported FILE.
+
+    Works for 1000- and 1001-class files: TF-Slim's class 0 ("background") is named as such,
+    and the rest are the ImageNet-1k classes in their usual order.
+    """
+    from porting.predict import predict_files
+
+    for name, classes in predict_files(weights, images, preprocess, top):
+        click.echo(name)
+        for rank, c in enumerate(classes, 1):
+            click.echo(f"  {rank}. {c.probability:7.2%}  {c.name}  [{c.label}]")
 
 
 def _describe_skipped(skipped: dict[str, str], verbose: bool) -> str:

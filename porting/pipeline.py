@@ -1,27 +1,65 @@
-"""The port, end to end: source -> reader -> name map and transforms -> state dict -> writer."""
+"""The port, end to end: source -> reader -> name map and transforms -> state dict -> writer.
+
+``src`` may also be a release archive (unpacked into a temporary folder for the duration of
+the conversion) or Keras HDF5 weights (``porting.keras_h5``). Every output gets a manifest
+beside it, and a model card on request.
+"""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from porting.archives import is_archive, unpacked
 from porting.convert import Conversion, PortOptions, convert
+from porting.keras_h5 import KerasReader
+from porting.manifest import (build_manifest, model_card, sidecar, source_record, write_json,
+                              write_text)
 from porting.readers import open_reader
+from porting.registry import release_for
 from porting.sources import CheckpointSource
 from porting.writer import Written, write_hashed
 
 
 @dataclass(frozen=True)
 class PortResult:
-    source: CheckpointSource
+    source: CheckpointSource  # for an archive: its files as they were while unpacked
+    archive: Path | None
     variable_count: int
     conversion: Conversion
     written: Written
+    manifest: Path
+    card: Path | None
 
 
 def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = PortOptions(),
-                    reader: str = "tf", force: bool = False) -> PortResult:
+                    reader: str = "native", force: bool = False, fmt: str = "pth",
+                    card: bool = False) -> PortResult:
     """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
-    checkpoint = open_reader(src, reader)
-    conversion = convert(checkpoint, options)
-    written = write_hashed(conversion.state_dict, dst, force=force)
-    return PortResult(checkpoint.source, len(checkpoint.variables()), conversion, written)
+    archive = Path(src) if is_archive(src) else None
+    with (unpacked(archive) if archive else contextlib.nullcontext(src)) as checkpoint_src:
+        checkpoint = open_reader(checkpoint_src, reader)
+        conversion = convert(checkpoint, options)
+        release = release_for((archive or checkpoint.source.prefix).name)
+        source = source_record(src, checkpoint.source, archive, release,
+                               conversion.source_classes)
+    header = {"format": "pt", "model": "inception_v3 (models.inception_v3, TF-Slim exact)",
+              "source": Path(src).name, "options": options.describe()} \
+        if fmt == "safetensors" else None
+    written = write_hashed(conversion.state_dict, dst, force=force, fmt=fmt, metadata=header)
+
+    keras = isinstance(checkpoint, KerasReader)  # Keras sources are listed by their own names
+    mapped = {checkpoint.keras_name(name) if keras else name: target
+              for name, target in conversion.mapped.items()}
+    options_record = {"num_classes": options.num_classes, "aux": options.aux,
+                      "fold_bn": options.fold_bn, "ema": options.ema,
+                      "reader": "h5py" if keras else reader}
+    manifest = build_manifest(source, written.path, fmt, written.sha256, header, options_record,
+                              len(checkpoint.variables()), mapped, conversion.skipped)
+    manifest_path = sidecar(written.path, ".json")
+    write_json(manifest_path, manifest)
+    card_path = sidecar(written.path, ".md") if card else None
+    if card_path:
+        write_text(card_path, model_card(manifest))
+    return PortResult(checkpoint.source, archive, len(checkpoint.variables()), conversion,
+                      written, manifest_path, card_path)

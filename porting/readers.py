@@ -1,6 +1,7 @@
 """Checkpoint readers behind one small interface: list variables cheaply, read one on demand.
 
-``open_reader(src, kind)`` resolves ``src`` (see ``porting.sources``) and returns a reader.
+``open_reader(src, kind)`` resolves ``src`` (see ``porting.sources``) and returns a reader:
+"native" (``porting.native_reader``, no TensorFlow) or "tf" (TensorFlow's own, the reference).
 """
 from __future__ import annotations
 
@@ -70,9 +71,20 @@ class TFReader:
                 f"{self.source.prefix}.data-*: cannot read {name}: {_first_line(err)}") from err
 
 
-READERS = {"tf": TFReader}
+def _native_reader(source: CheckpointSource) -> CheckpointReader:
+    from porting.native_reader import NativeReader  # imported late: it builds on VariableInfo
+
+    return NativeReader(source)
 
 
-def open_reader(src, kind: str = "tf") -> CheckpointReader:
+READERS = {"native": _native_reader, "tf": TFReader}
+
+
+def open_reader(src, kind: str = "native") -> CheckpointReader:
+    """A reader for ``src``; Keras ``.h5`` weights always get the (h5py) Keras reader."""
+    from porting.keras_h5 import KerasReader, is_keras_h5  # it builds on VariableInfo
+
+    if not isinstance(src, CheckpointSource) and is_keras_h5(src):
+        return KerasReader(src)
     source = src if isinstance(src, CheckpointSource) else resolve_source(src)
     return READERS[kind](source)

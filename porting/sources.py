@@ -1,26 +1,31 @@
 """Turn what a user passes as ``--src`` into a checkpoint: prefix, ``.index``, ``.data-*`` or folder.
 
 TensorFlow's own reader only takes the prefix and fails on a folder or a ``.index`` path with
-"not an sstable (bad magic number)"; we accept all the spellings people actually use.
+"not an sstable (bad magic number)"; we accept all the spellings people actually use. V1
+checkpoints are one SSTable file (``model.ckpt``), or several (``model.ckpt-00000-of-00002``)
+when saved sharded; they are recognised by the table's magic number.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 
 from porting.errors import PortError
+from porting.sstable import has_table_magic
 
-V2 = "V2"
+V1, V2 = "V1", "V2"
 _DATA_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")
 _SUFFIX_RE = re.compile(r"(\.index|\.meta|\.data-\d{5}-of-\d{5})$")
+_V1_SHARD_RE = re.compile(r"-\d{5}-of-(\d{5})$")
 
 
 @dataclass(frozen=True)
 class CheckpointSource:
     prefix: Path        # what tf.train.load_checkpoint takes
-    format: str         # "V2" (TensorBundle)
-    files: tuple[Path, ...]  # the files that hold the variables (index first)
+    format: str         # "V2" (TensorBundle) or "V1" (SavedTensorSlices)
+    files: tuple[Path, ...]  # the files that hold the variables (V2: index first)
 
     def __str__(self) -> str:
         return str(self.prefix)
@@ -35,8 +40,31 @@ def _v2_source(prefix: Path) -> CheckpointSource:
     return CheckpointSource(prefix, V2, (index, *shards))
 
 
-def _checkpoints_in(folder: Path) -> list[Path]:
-    return sorted(Path(str(p)[: -len(".index")]) for p in folder.glob("*.index"))
+def _v1_shards(prefix: Path) -> list[Path]:
+    """The files of a V1 checkpoint saved sharded, ``prefix-0000i-of-0000N``."""
+    shards = sorted(prefix.parent.glob(f"{glob_escape(prefix.name)}-?????-of-?????"))
+    return [s for s in shards if _V1_SHARD_RE.search(s.name) and has_table_magic(s)]
+
+
+def _v1_source(path: Path) -> CheckpointSource:
+    """A V1 checkpoint from one of its files or the prefix of its shards."""
+    if (match := _V1_SHARD_RE.search(path.name)) and path.is_file():
+        prefix = path.with_name(path.name[: match.start()])
+        return CheckpointSource(prefix, V1, tuple(_v1_shards(prefix)))
+    if path.is_file():
+        return CheckpointSource(path, V1, (path,))
+    return CheckpointSource(path, V1, tuple(_v1_shards(path)))
+
+
+def _is_v1_file(path: Path) -> bool:
+    return path.is_file() and not _SUFFIX_RE.search(path.name) and has_table_magic(path)
+
+
+def _checkpoints_in(folder: Path) -> list[CheckpointSource]:
+    """Every checkpoint in ``folder``: V2 by their ``.index``, V1 by their table magic."""
+    found = [_v2_source(Path(str(p)[: -len(".index")])) for p in sorted(folder.glob("*.index"))]
+    v1 = {_v1_source(p).prefix: _v1_source(p) for p in sorted(folder.iterdir()) if _is_v1_file(p)}
+    return found + list(v1.values())
 
 
 def resolve_source(src: str | Path) -> CheckpointSource:
@@ -45,13 +73,17 @@ def resolve_source(src: str | Path) -> CheckpointSource:
     if path.is_dir():
         found = _checkpoints_in(path)
         if len(found) != 1:
-            what = "no checkpoint (*.index)" if not found else (
-                f"{len(found)} checkpoints ({', '.join(p.name for p in found)}); pass one prefix")
+            names = ", ".join(c.prefix.name for c in found)
+            what = "no checkpoint (*.index or V1 file)" if not found else (
+                f"{len(found)} checkpoints ({names}); pass one prefix")
             raise PortError(f"{path}: folder holds {what}")
-        return _v2_source(found[0])
+        return found[0]
     prefix = Path(_SUFFIX_RE.sub("", str(path)))
     if Path(f"{prefix}.index").is_file():
         return _v2_source(prefix)
+    if _is_v1_file(path) or (not path.exists() and _v1_shards(path)):
+        return _v1_source(path)
     if path.exists():
-        raise PortError(f"{path}: not a TensorFlow checkpoint (no {prefix.name}.index beside it)")
+        raise PortError(f"{path}: not a TensorFlow checkpoint (no {prefix.name}.index beside it, "
+                        "and not a V1 checkpoint file)")
     raise PortError(f"{path}: no such checkpoint (looked for {prefix}.index)")

@@ -29,6 +29,19 @@ def _classifier_input(end_points, scope: str):
     return conv.inputs[0].op.inputs[0]        # BiasAdd <- Conv2D <- input
 
 
+def whitened_classifier(features: np.ndarray, num_classes: int,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random classifier weights [in, classes] and biases for inputs like ``features`` (one row
+    per image), scaled and centred so that the logits differ from image to image."""
+    features = features.reshape(len(features), -1).astype(np.float64)
+    mean, std = features.mean(0), features.std(0)
+    std = np.maximum(std, std.mean())  # no blow-up of near-constant channels
+    weights = rng.normal(0.0, LOGIT_SCALE / np.sqrt(len(mean)), (len(mean), num_classes))
+    weights /= std[:, None]
+    biases = rng.normal(0.0, 0.1, num_classes) - mean @ weights
+    return weights.astype(np.float32), biases.astype(np.float32)
+
+
 def build_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarray, *,
                                num_classes: int = 1001, aux: bool = True, seed: int = 0,
                                v1_format: bool = False) -> Path:
@@ -62,14 +75,9 @@ def build_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarra
             inputs = sess.run([_classifier_input(end_points, ep) for ep, _ in heads],
                               {images: calibration_images})
             for (_, scope), features in zip(heads, inputs):
-                features = features.reshape(len(features), -1).astype(np.float64)
-                mean, std = features.mean(0), features.std(0)
-                std = np.maximum(std, std.mean())  # no blow-up of near-constant channels
-                weights = rng.normal(0.0, LOGIT_SCALE / np.sqrt(len(mean)), (len(mean), num_classes))
-                weights /= std[:, None]
-                biases = rng.normal(0.0, 0.1, num_classes) - mean @ weights
-                by_name[f"{scope}/weights"].load(weights[None, None].astype(np.float32), sess)
-                by_name[f"{scope}/biases"].load(biases.astype(np.float32), sess)
+                weights, biases = whitened_classifier(features, num_classes, rng)
+                by_name[f"{scope}/weights"].load(weights[None, None], sess)
+                by_name[f"{scope}/biases"].load(biases, sess)
             global_step.load(123456, sess)
 
             version = tf.compat.v1.train.SaverDef.V1 if v1_format else tf.compat.v1.train.SaverDef.V2

@@ -12,11 +12,13 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from porting.name_map import EMA_SUFFIX
+from porting.errors import PortError
+from porting.name_map import AUX_SCOPE, CLASSIFIER, EMA_SUFFIX, TF_ROOT
 
 _LEGACY_LAYERS = ("base", "convolutional", "core", "normalization", "pooling", "variable_scope_shim")
 
@@ -56,6 +58,8 @@ def import_tf_slim():
     for sub in _LEGACY_LAYERS:
         module = importlib.import_module(f"tf_keras.src.legacy_tf_layers.{sub}")
         sys.modules.setdefault(f"tf_keras.legacy_tf_layers.{sub}", module)
+    # tf-keras's legacy layers warn on every use of the API tf_slim is built on.
+    warnings.filterwarnings("ignore", message="`layer.apply` is deprecated")
     import tf_slim as slim
     from tf_slim.nets import inception_v3
 
@@ -83,34 +87,76 @@ def _ema_source(name: str, stored: set[str]) -> str:
     return shadow if shadow in stored else name
 
 
+def checkpoint_layout(checkpoint_prefix: str | Path) -> tuple[int, bool]:
+    """(number of classes, has AuxLogits) of a TF-Slim Inception v3 checkpoint, from its index."""
+    tf = import_tensorflow()
+    shapes = dict(tf.train.list_variables(str(checkpoint_prefix)))
+    logits_bias = CLASSIFIER.variables()["bias"]
+    if logits_bias not in shapes:
+        raise PortError(f"{checkpoint_prefix}: not a TF-Slim Inception v3 checkpoint (no {logits_bias})")
+    classes = shapes[logits_bias][0]
+    return classes, any(name.startswith(f"{TF_ROOT}/{AUX_SCOPE}/") for name in shapes)
+
+
 class TFSlimInceptionV3:
     """A TF-Slim Inception v3 inference graph restored from a checkpoint.
 
     ``ema=True`` restores each variable from its ExponentialMovingAverage shadow where the
-    checkpoint has one (what TF-Slim's eval scripts do).
+    checkpoint has one (what TF-Slim's eval scripts do). ``dtype="float64"`` builds the same
+    graph in double precision: TF-Slim creates its variables in the input's dtype (and takes
+    its non-fused batch norm, as the fused kernel has no float64), and every value is the
+    checkpoint's, cast.
     """
 
     def __init__(self, checkpoint_prefix: str | Path, num_classes: int = 1001, aux: bool = True,
-                 ema: bool = False, threads: int = 2):
+                 ema: bool = False, threads: int = 2, dtype: str = "float32"):
         tf, _, _ = import_tf_slim()
         self.graph = tf.Graph()
+        self._loss_gradients = {}
         with self.graph.as_default():
-            self.images = tf.compat.v1.placeholder(tf.float32, [None, 299, 299, 3], name="images")
+            self.images = tf.compat.v1.placeholder(dtype, [None, 299, 299, 3], name="images")
             _, self.end_points = build_inception_v3(self.images, num_classes, aux)
-            variables = tf.compat.v1.global_variables()
-            if ema:
-                stored = {name for name, _ in tf.train.list_variables(str(checkpoint_prefix))}
-                var_list = {_ema_source(v.op.name, stored): v for v in variables}
-            else:
-                var_list = variables
-            saver = tf.compat.v1.train.Saver(var_list=var_list)
             self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads))
-            saver.restore(self.session, str(checkpoint_prefix))
+            self._restore(tf, str(checkpoint_prefix), ema)
+
+    def _restore(self, tf, prefix: str, ema: bool):
+        """Initialise every variable with its checkpoint value cast to the variable's dtype, in
+        one run (a Saver refuses to restore float32 values into float64 variables)."""
+        reader = tf.train.load_checkpoint(prefix)
+        stored = set(reader.get_variable_to_shape_map())
+        variables = tf.compat.v1.global_variables()
+        feed = {}
+        for var in variables:
+            name = _ema_source(var.op.name, stored) if ema else var.op.name
+            feed[var.initial_value] = reader.get_tensor(name).astype(var.dtype.as_numpy_dtype)
+        self.session.run([var.initializer for var in variables], feed)
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint_prefix: str | Path, **kwargs) -> "TFSlimInceptionV3":
+        """The graph the checkpoint holds: its number of classes, with AuxLogits if it has them."""
+        classes, aux = checkpoint_layout(checkpoint_prefix)
+        return cls(checkpoint_prefix, num_classes=classes, aux=aux, **kwargs)
 
     def __call__(self, images_nhwc: np.ndarray, end_points=("Logits", "AuxLogits")) -> dict:
-        """End points for a batch of NHWC float32 images in [-1, 1]; 4-D ones as NHWC arrays."""
+        """End points for a batch of NHWC images in [-1, 1]; 4-D ones as NHWC arrays."""
         fetch = {name: self.end_points[name] for name in end_points if name in self.end_points}
         return self.session.run(fetch, {self.images: images_nhwc})
+
+    def loss_gradient(self, images_nhwc: np.ndarray, labels: np.ndarray,
+                      first_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(Logits[:, first_class:], d loss / d images) for the summed softmax cross-entropy of
+        ``labels`` (indices into the kept classes); ``first_class=1`` drops the background."""
+        if first_class not in self._loss_gradients:
+            tf, _, _ = import_tf_slim()
+            with self.graph.as_default():
+                labels_in = tf.compat.v1.placeholder(tf.int64, [None])
+                logits = self.end_points["Logits"][:, first_class:]
+                loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    labels=labels_in, logits=logits))
+                gradient = tf.compat.v1.gradients(loss, self.images)[0]
+            self._loss_gradients[first_class] = labels_in, logits, gradient
+        labels_in, logits, gradient = self._loss_gradients[first_class]
+        return self.session.run((logits, gradient), {self.images: images_nhwc, labels_in: labels})
 
     def close(self):
         self.session.close()

@@ -3,12 +3,18 @@
 torch.save embeds the archive name in the zip and defaults it to the file's stem, so the same
 tensors saved under two names differ byte for byte. We serialise to memory (archive name fixed
 by torch to "archive"), hash those bytes, and only then write them under their final name.
+
+``safetensors`` files are written by a small writer of the documented layout (8-byte
+little-endian header length, JSON header, tensor bytes back to back) with a fixed key order,
+so that they are byte-reproducible too; the safetensors package reads them (see the tests).
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +31,28 @@ class Written:
     unchanged: bool  # an identical file was already there
 
 
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
+
+
 def serialize(state_dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     return buffer.getvalue()
+
+
+def serialize_safetensors(state_dict, metadata: dict[str, str]) -> bytes:
+    header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+    chunks, offset = [], 0
+    for name, tensor in state_dict.items():
+        array = tensor.detach().contiguous().numpy()
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode("utf8")
+    text += b" " * (-len(text) % 8)  # tensor data 8-byte aligned, as the reference writer does
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
 def hashed_path(dst: Path, sha256: str) -> Path:
@@ -59,11 +83,21 @@ def atomic_write(path: Path, payload: bytes) -> None:
         raise
 
 
-def write_hashed(state_dict, dst: str | Path, force: bool = False) -> Written:
-    """Serialise ``state_dict`` and store it as the hashed sibling of ``dst``."""
-    payload = serialize(state_dict)
+def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "pth",
+                 metadata: dict[str, str] | None = None) -> Written:
+    """Serialise ``state_dict`` and store it as the hashed sibling of ``dst``.
+
+    ``fmt`` "safetensors" writes ``NAME-<sha256[:8]>.safetensors`` with ``metadata`` in its
+    header; "pth" has no place for metadata.
+    """
+    dst = Path(dst)
+    if fmt == "safetensors":
+        payload = serialize_safetensors(state_dict, metadata or {})
+        dst = dst.with_suffix(".safetensors")
+    else:
+        payload = serialize(state_dict)
     sha256 = hashlib.sha256(payload).hexdigest()
-    final = hashed_path(Path(dst), sha256)
+    final = hashed_path(dst, sha256)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():

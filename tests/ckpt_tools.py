@@ -23,3 +23,14 @@ def write_checkpoint(prefix, tensors: dict[str, np.ndarray]) -> Path:
     tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
                       tensors=[tf.constant(tensors[n]) for n in names])
     return prefix
+
+
+def write_v1_checkpoint(path, tensors: dict[str, np.ndarray]) -> Path:
+    """Write ``tensors`` as a single-file V1 checkpoint with TensorFlow's (V1) Save op."""
+    tf = import_tensorflow()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(tensors)
+    tf.raw_ops.Save(filename=str(path), tensor_names=names,
+                    data=[tf.constant(tensors[n]) for n in names])
+    return path

@@ -23,6 +23,16 @@ def synthetic_ckpt(tmp_path_factory, photos):
 
 
 @pytest.fixture(scope="session")
+def synthetic_v1_ckpt(tmp_path_factory, synthetic_ckpt):
+    """``synthetic_ckpt``'s variables as one V1 file (the 2016 inception_v3 release's format),
+    written by TensorFlow's V1 Save op; same values, so TF-Slim's outputs on it are ``tf_outputs``."""
+    from ckpt_tools import read_all, write_v1_checkpoint
+
+    return write_v1_checkpoint(tmp_path_factory.mktemp("synthetic_v1") / "inception_v3.ckpt",
+                               read_all(synthetic_ckpt))
+
+
+@pytest.fixture(scope="session")
 def tf_model(synthetic_ckpt):
     from porting.tfslim import TFSlimInceptionV3
 
@@ -40,3 +50,21 @@ def tf_outputs(tf_model, photos):
         1: {k: np.concatenate([b[k] for b in batch1]) for k in batch1[0]},
         len(images): tf_model(images),
     }
+
+
+@pytest.fixture(scope="session")
+def ported_files(synthetic_ckpt, tmp_path_factory):
+    """The synthetic checkpoint ported to each output variant: {variant: .pth path}."""
+    from porting.convert import PortOptions
+    from porting.pipeline import port_checkpoint
+
+    variants = {
+        "1001": PortOptions(num_classes=1001),
+        "1000": PortOptions(num_classes=1000),
+        "no-aux": PortOptions(num_classes=1000, aux=False),
+        "fold-bn": PortOptions(num_classes=1001, fold_bn=True),
+    }
+    out = tmp_path_factory.mktemp("ported_files")
+    return {name: port_checkpoint(synthetic_ckpt, out / name / "adv_inception_v3.pth",
+                                  options).written.path
+            for name, options in variants.items()}

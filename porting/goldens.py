@@ -1,0 +1,136 @@
+"""Golden files: TF-Slim's end points on fixed inputs, stored in HDF5 so that a port can be
+verified later with no TensorFlow installed.
+
+Layout (format ``tf-porting-goldens/1``):
+    inputs                [N, 299, 299, 3]  the images fed to TF-Slim (NHWC, [-1, 1])
+    image_names           [N]               where each image came from
+    end_points/<name>     TF-Slim's end point as TF returns it (4-D ones NHWC, 1001-class logits)
+    attrs: checkpoint, checkpoint_sha256 (JSON {file name: sha256}), num_classes, aux, ema,
+           dtype, tensorflow, tf_slim (versions that computed the end points)
+Datasets are chunked per image and gzip-compressed (ReLU maps hold many zeros).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from porting.errors import PortError
+
+FORMAT = "tf-porting-goldens/1"
+
+# (start, stop) -> TF-Slim's end points for images[start:stop]
+Reference = Callable[[int, int], dict]
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    checkpoint: str
+    sha256: dict[str, str]  # file name -> sha256 of each checkpoint file
+    num_classes: int
+    aux: bool
+    ema: bool
+    dtype: str
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as err:
+        raise PortError("golden files need h5py: pip install 'tf-porting[goldens]'") from err
+    return h5py
+
+
+class GoldenRecorder:
+    """Writes a golden file as TF's end points arrive, batch by batch; the file appears (by an
+    atomic rename) only once every image is in."""
+
+    def __init__(self, path: str | Path, inputs: np.ndarray, names: list[str], source: SourceInfo):
+        h5py = _h5py()
+        self.path = Path(path)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                       dir=self.path.parent)
+        except OSError as err:
+            raise PortError(f"{self.path}: cannot write: {err.strerror or err}") from err
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._file = h5py.File(self._tmp, "w")
+        self._file.attrs.update({"format": FORMAT, "checkpoint": source.checkpoint,
+                                 "checkpoint_sha256": json.dumps(source.sha256),
+                                 "num_classes": source.num_classes, "aux": source.aux,
+                                 "ema": source.ema, "dtype": source.dtype, **_versions()})
+        self._dataset("inputs", inputs.shape, inputs.dtype)[...] = inputs
+        self._file["image_names"] = np.array(names, dtype=h5py.string_dtype())
+        self._count = len(inputs)
+
+    def _dataset(self, name: str, shape: tuple, dtype):
+        return self._file.create_dataset(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]),
+                                         compression="gzip", compression_opts=4, shuffle=True)
+
+    def recording(self, reference: Reference) -> Reference:
+        """``reference``, storing everything it returns."""
+        def record(start: int, stop: int) -> dict:
+            outputs = reference(start, stop)
+            for name, value in outputs.items():
+                key = f"end_points/{name}"
+                if key not in self._file:
+                    self._dataset(key, (self._count, *value.shape[1:]), value.dtype)
+                self._file[key][start:stop] = value
+            return outputs
+        return record
+
+    def finish(self) -> Path:
+        self._file.close()
+        os.chmod(self._tmp, 0o644)  # mkstemp made it private
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abandon(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def _versions() -> dict[str, str]:
+    """The versions that computed the end points (TensorFlow is loaded: it is computing them)."""
+    from importlib.metadata import version
+
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "tf_slim": version("tf-slim")}
+
+
+class Goldens:
+    """A golden file opened for verification: inputs, source facts and a ``Reference``."""
+
+    def __init__(self, path: str | Path):
+        h5py = _h5py()
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except FileNotFoundError as err:
+            raise PortError(f"{self.path}: no such golden file") from err
+        except OSError as err:
+            raise PortError(f"{self.path}: not an HDF5 golden file") from err
+        attrs = self._file.attrs
+        if attrs.get("format") != FORMAT or "end_points" not in self._file:
+            self._file.close()
+            raise PortError(f"{self.path}: not a golden file of this tool (format {FORMAT})")
+        self.source = SourceInfo(str(attrs["checkpoint"]), json.loads(attrs["checkpoint_sha256"]),
+                                 int(attrs["num_classes"]), bool(attrs["aux"]), bool(attrs["ema"]),
+                                 str(attrs["dtype"]))
+        self.inputs = self._file["inputs"][...]
+        self.names = [n.decode() if isinstance(n, bytes) else n for n in self._file["image_names"]]
+        self.end_points = tuple(self._file["end_points"])
+
+    def reference(self, start: int, stop: int) -> dict:
+        group = self._file["end_points"]
+        return {name: group[name][start:stop] for name in self.end_points}
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,177 @@
+"""What sits beside every ported file: a JSON manifest and, on request, a Markdown model card.
+
+The manifest says where the weights came from (files and their sha256), how they were made
+(tool version, options), what was mapped and skipped, and what was written. It has no
+timestamps, so porting the same input twice gives the same manifest. Parity figures are null
+until a check against the reference has run (``record_parity``).
+"""
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from models.inception_v3 import InceptionV3
+from porting.errors import PortError
+from porting.parity import Parity
+from porting.registry import Release, load_registry
+from porting.writer import atomic_write, sha256_file
+
+MANIFEST_VERSION = 1
+COMPETITION_BIBTEX = """@article{kurakin2018adversarial,
+  title   = {Adversarial Attacks and Defences Competition},
+  author  = {Kurakin, Alexey and Goodfellow, Ian and Bengio, Samy and others},
+  journal = {arXiv preprint arXiv:1804.00097},
+  year    = {2018}
+}"""
+
+
+def tool_version() -> str:
+    return version("tf-porting")
+
+
+def sidecar(output: Path, suffix: str) -> Path:
+    """``out/name-1a2b3c4d.pth`` -> ``out/name-1a2b3c4d.json`` (or ``.md``)."""
+    return output.with_suffix(suffix)
+
+
+def _file_record(path: Path, base: Path) -> dict:
+    return {"name": str(path.relative_to(base)), "bytes": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+def source_record(given: str | Path, checkpoint_source, archive: Path | None,
+                  release: Release | None, num_classes: int) -> dict:
+    """The source, hashed file by file; call it while the files exist (archives are temporary)."""
+    base = checkpoint_source.files[0].parent
+    return {
+        "given": str(given),
+        "format": checkpoint_source.format,
+        "num_classes": num_classes,
+        "checkpoint": checkpoint_source.prefix.name,
+        "release": release.name if release else None,
+        "url": release.url if release else None,
+        "archive": _file_record(archive, archive.parent) if archive else None,
+        "files": [_file_record(path, base) for path in checkpoint_source.files],
+    }
+
+
+def build_manifest(source: dict, output: Path, output_format: str, sha256: str,
+                   header_metadata: dict | None, options: dict, variable_count: int,
+                   mapped: dict, skipped: dict) -> dict:
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "tool": {"name": "tf-porting", "version": tool_version()},
+        "source": source,
+        "output": {"file": output.name, "format": output_format, "bytes": output.stat().st_size,
+                   "sha256": sha256, "header_metadata": header_metadata},
+        "options": options,
+        "variables": {"in_source": variable_count, "mapped_count": len(mapped),
+                      "skipped_count": len(skipped), "mapped": mapped, "skipped": skipped},
+        "parity": None,
+    }
+
+
+def write_text(path: Path, text: str) -> None:
+    try:
+        atomic_write(path, text.encode("utf8"))
+    except OSError as err:
+        raise PortError(f"{path}: cannot write: {err.strerror or err}") from err
+
+
+def write_json(path: Path, document: dict) -> None:
+    write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def record_parity(manifest_path: Path, parity: Parity, reference: str) -> dict:
+    """Add the figures of a passed or failed parity check to a manifest; return it."""
+    manifest = json.loads(manifest_path.read_text())
+    manifest["parity"] = {
+        "reference": reference, "images": parity.images, "max_abs_diff": parity.max_abs_diff,
+        "tolerance": parity.tolerance, "top1_agree": parity.top1_agree,
+        "top5_agree": parity.top5_agree, "passed": parity.passed,
+    }
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+def parameter_count(options: dict) -> int:
+    with torch.device("meta"):
+        model = InceptionV3(options["num_classes"], aux_logits=options["aux"],
+                            fold_bn=options["fold_bn"])
+    return sum(p.numel() for p in model.parameters())
+
+
+def _classes_line(options: dict, source_classes: int) -> str:
+    if options["num_classes"] == 1001:
+        return ("1001: index 0 is TF-Slim's \"background\" class, 1..1000 the ImageNet-1k "
+                "classes (TF's order)")
+    if source_classes == 1001:
+        return ("1000 ImageNet-1k classes; TF-Slim's background row 0 was dropped, so index i "
+                "here is TF's index i + 1 (timm's layout)")
+    return "1000 ImageNet-1k classes, as the source had them (no background class)"
+
+
+def model_card(manifest: dict) -> str:
+    """A model-zoo style Markdown card for the file the manifest describes."""
+    source, output, options = manifest["source"], manifest["output"], manifest["options"]
+    releases = load_registry()
+    release = releases.get(source["release"]) if source["release"] else None
+    # Keras sources and unknown files follow the same Inception recipe as the TF releases.
+    prep = release.preprocessing if release else next(iter(releases.values())).preprocessing
+    params = parameter_count(options)
+    origin = (f"[{release.archive}]({release.url}) ({release.title}, {release.date}; "
+              "identified by its file name)" if release
+              else f"`{Path(source['given']).name}` (local file, {source['format']})")
+    parity = manifest["parity"]
+    parity_line = (f"max abs logit diff {parity['max_abs_diff']:.3g} (bound {parity['tolerance']:.3g}), "
+                   f"top-1 {parity['top1_agree']}/{parity['images']}, top-5 "
+                   f"{parity['top5_agree']}/{parity['images']} vs {parity['reference']}"
+                   if parity else "not verified for this file (run a parity check)")
+    papers = [f"- {release.paper}"] if release else []
+    name = Path(output["file"]).stem
+    return "\n".join([
+        f"# {name}",
+        "",
+        f"Inception v3 weights ported to PyTorch by tf-porting {manifest['tool']['version']} "
+        "for the TF-exact definition `models.inception_v3.InceptionV3` (state-dict keys as "
+        "timm's and torchvision's `inception_v3`).",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| Source | {origin} |",
+        f"| Weights | `{output['file']}` ({output['format']}), sha256 `{output['sha256']}` |",
+        f"| Parameters | {params:,} ({params / 1e6:.1f} M) |",
+        f"| Classes | {_classes_line(options, source['num_classes'])} |",
+        f"| Aux head | {'included (AuxLogits)' if options['aux'] else 'not included'} |",
+        f"| Batch norm | {'folded into the convolutions' if options['fold_bn'] else 'kept (eps 1e-3, gamma 1)'} |",
+        f"| Input | {prep['input_size']}x{prep['input_size']} {prep['color']}, NCHW float, "
+        f"values in [{prep['range'][0]:g}, {prep['range'][1]:g}] (mean {prep['mean'][0]}, "
+        f"std {prep['std'][0]} per channel) |",
+        f"| Eval crop | central crop {prep['crop_fraction']} of the image, then resize |",
+        f"| Interpolation | {prep['interpolation']} |",
+        f"| Recipe | {prep['reference']} |",
+        f"| Parity | {parity_line} |",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "from models.inception_v3 import model_for_state_dict",
+        "",
+        f"model = model_for_state_dict(torch.load(\"{output['file']}\"))"
+        if output["format"] == "pth" else
+        f"from safetensors.torch import load_file\nmodel = model_for_state_dict(load_file(\"{output['file']}\"))",
+        "logits = model(images)  # images: N x 3 x 299 x 299, preprocessed as above",
+        "```",
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        COMPETITION_BIBTEX,
+        "```",
+        *(["", "Training of these weights:", *papers] if papers else []),
+        "",
+    ])

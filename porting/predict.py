@@ -1,0 +1,58 @@
+"""Top-k ImageNet classes of images under a ported model (``port-weights predict``).
+
+Class names: ``data/imagenet_classes.tsv``, the 1000 ImageNet-1k synsets in their usual
+(sorted WordNet id) order with their WordNet lemmas, as timm ships them (timm/data/_info).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from porting.preprocess import load_image
+from porting.weights import load_ported
+
+CLASSES_FILE = Path(__file__).parent / "data" / "imagenet_classes.tsv"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int        # index into the model's outputs
+    name: str
+    probability: float
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[tuple[str, str], ...]:
+    """(WordNet id, first lemma) of each ImageNet-1k class, in class-index order."""
+    rows = (line.split("\t") for line in CLASSES_FILE.read_text().splitlines())
+    return tuple((wnid, lemmas.split(",")[0]) for wnid, lemmas in rows)
+
+
+def class_name(label: int, num_classes: int) -> str:
+    """Name of output ``label``; 1001-class files have TF-Slim's background at 0."""
+    offset = num_classes - len(imagenet_classes())
+    if label < offset:
+        return "background"
+    wnid, name = imagenet_classes()[label - offset]
+    return f"{name} ({wnid})"
+
+
+def top_predictions(logits: torch.Tensor, k: int) -> list[list[Prediction]]:
+    probabilities = torch.softmax(logits.double(), dim=1)
+    values, labels = probabilities.topk(k, dim=1)
+    return [[Prediction(int(i), class_name(int(i), logits.shape[1]), float(p))
+             for p, i in zip(row_values, row_labels)]
+            for row_values, row_labels in zip(values, labels)]
+
+
+def predict_files(weights, images, method: str = "tf-slim", k: int = 5):
+    """[(image path, top-k predictions)] for image files under the ported file ``weights``."""
+    model = load_ported(weights)
+    batch = np.stack([load_image(path, method) for path in images])
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(batch).permute(0, 3, 1, 2))
+    return list(zip(images, top_predictions(logits, k)))

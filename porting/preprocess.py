@@ -1,0 +1,91 @@
+"""Image preprocessing for Inception v3 in numpy: TF-Slim's eval path, exactly, and timm's.
+
+``tf-slim`` (TF-Slim's ``preprocess_for_eval``, used by the adversarial-model eval scripts):
+pixels to [0, 1], ``tf.image.central_crop(0.875)``, the TF1 op ``resize_bilinear`` to 299x299
+with ``align_corners=False`` and ``half_pixel_centers=False``, then ``(x - 0.5) * 2``.
+That legacy op samples source pixel ``i * in / out`` (no half-pixel shift), so TF2's
+``tf.image.resize``, PIL and ``F.interpolate`` all differ from it; it is reimplemented here.
+
+``timm`` (timm's eval transform for this model): bicubic resize of the shorter side to
+floor(299 / 0.875) = 341 (PIL), centre crop 299, mean = std = 0.5. Same [-1, 1] range, other pixels.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from porting.errors import PortError
+
+SIZE = 299
+CROP_FRACTION = 0.875
+METHODS = ("tf-slim", "timm")
+
+
+def central_crop_box(height: int, width: int, fraction: float = CROP_FRACTION) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) as ``tf.image.central_crop`` computes them: the start
+    is truncated, int((size - size * fraction) / 2), and the box is what is left (not rounded)."""
+    top = int((height - height * fraction) / 2)
+    left = int((width - width * fraction) / 2)
+    return top, left, height - 2 * top, width - 2 * left
+
+
+def _legacy_axis(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper source indices and the weight of the upper one, per output index.
+
+    In float32 like TF's kernel: the source position ``i * (in / out)`` of a large image carries
+    ~1e-4 of rounding, which float64 arithmetic would not reproduce."""
+    scale = np.float32(in_size / out_size)
+    position = np.arange(out_size, dtype=np.float32) * scale
+    lower = np.floor(position).astype(np.int64)
+    upper = np.minimum(lower + 1, in_size - 1)
+    return lower, upper, position - lower.astype(np.float32)
+
+
+def resize_bilinear_legacy(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """HWC float32 image resized like TF1 ``resize_bilinear(align_corners=False,
+    half_pixel_centers=False)``, with TF's float32 arithmetic and order of operations."""
+    top, bottom, wy = _legacy_axis(image.shape[0], height)
+    left, right, wx = _legacy_axis(image.shape[1], width)
+    image = image.astype(np.float32)
+    wx, wy = wx[None, :, None], wy[:, None, None]
+    upper = image[top][:, left] + (image[top][:, right] - image[top][:, left]) * wx
+    lower = image[bottom][:, left] + (image[bottom][:, right] - image[bottom][:, left]) * wx
+    return upper + (lower - upper) * wy
+
+
+def tf_slim_eval(pixels: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """uint8 HWC RGB -> float32 HWC in [-1, 1], TF-Slim's eval preprocessing."""
+    image = pixels.astype(np.float32) / 255.0
+    top, left, h, w = central_crop_box(*image.shape[:2])
+    image = resize_bilinear_legacy(image[top:top + h, left:left + w], size, size)
+    return (image - 0.5) * 2.0
+
+
+def timm_eval(image, size: int = SIZE) -> np.ndarray:
+    """PIL RGB image -> float32 HWC in [-1, 1], timm's eval transform for inception_v3."""
+    from PIL import Image
+
+    scale_size = math.floor(size / CROP_FRACTION)
+    w, h = image.size
+    if w <= h:
+        new_w, new_h = scale_size, int(scale_size * h / w)
+    else:
+        new_w, new_h = int(scale_size * w / h), scale_size
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+    pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
+    return (pixels - 0.5) / 0.5
+
+
+def load_image(path: str | Path, method: str = "tf-slim") -> np.ndarray:
+    """One image file as HWC float32 in [-1, 1]; PortError naming the file if it is unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            return tf_slim_eval(np.asarray(image)) if method == "tf-slim" else timm_eval(image)
+    except OSError as err:  # missing, unreadable or not an image (PIL's error is an OSError)
+        raise PortError(f"{path}: cannot read image ({type(err).__name__})") from err

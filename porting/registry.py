@@ -1,0 +1,60 @@
+"""The release family, from ``checkpoints/registry.json`` (a data file maintainers edit)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from porting.errors import PortError
+
+REGISTRY_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "registry.json"
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    title: str
+    date: str
+    url: str
+    archive: str              # file name of the published .tar.gz
+    members: tuple[str, ...]  # what the archive holds
+    checkpoint: str           # the checkpoint inside: a V2 prefix or a V1 file
+    format: str               # "V1" or "V2"
+    num_classes: int
+    background_class: int | None
+    aux_logits: bool
+    preprocessing: dict
+    paper: str
+    sha256: str | None        # of the archive; None until a maintainer pins it
+    sha256_note: str
+
+
+@lru_cache(maxsize=None)
+def load_registry(path: Path = REGISTRY_PATH) -> dict[str, Release]:
+    try:
+        data = json.loads(path.read_text())
+        recipes = data["preprocessing"]
+        return {
+            name: Release(name=name, **{**entry, "members": tuple(entry["members"]),
+                                        "preprocessing": recipes[entry["preprocessing"]]})
+            for name, entry in data["releases"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PortError(f"{path}: unreadable release registry: {err}") from err
+
+
+def get_release(name: str) -> Release:
+    releases = load_registry()
+    if name not in releases:
+        raise PortError(f"{REGISTRY_PATH}: no release named {name!r} "
+                        f"(known: {', '.join(sorted(releases))})")
+    return releases[name]
+
+
+def release_for(file_name: str) -> Release | None:
+    """The release whose archive or checkpoint is called ``file_name``, if any."""
+    for release in load_registry().values():
+        if file_name in (release.archive, release.checkpoint):
+            return release
+    return None

@@ -1,0 +1,262 @@
+"""``port-weights verify``: every TF-Slim end point of a ported file against the source.
+
+The reference is TF-Slim's own graph on the source checkpoint, or a golden file recorded from
+it (``porting.goldens``, no TensorFlow needed). Each end point passes when
+max |diff| <= bound x max(1, max |TF|) (``porting.parity``: in float32 1e-4 for the classifier
+outputs, 1e-3 for feature maps; 1e-10 everywhere with both sides in float64) and, for the
+classifiers, top-1 and top-5 agree on every image. The first end point in network order that
+fails is where the port went wrong.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from models.inception_v3 import END_POINTS
+from porting.errors import PortError
+from porting.goldens import GoldenRecorder, Goldens, Reference, SourceInfo
+from porting.gradients import FLOAT32_RELATIVE_TOLERANCE, GradientParity, gradient_parity
+from porting.parity import (FLOAT64_RELATIVE_TOLERANCE, MAP_RELATIVE_TOLERANCE,
+                            RELATIVE_TOLERANCE, Parity, compare, torch_end_points)
+from porting.weights import load_ported
+
+# progress(phase, images done, images in all)
+Progress = Callable[[str, int, int], None]
+CLASSIFIER_END_POINTS = ("AuxLogits", "PreLogits", "Logits")
+
+
+def relative_tolerance(end_point: str, float64: bool) -> float:
+    if float64:
+        return FLOAT64_RELATIVE_TOLERANCE
+    return RELATIVE_TOLERANCE if end_point in CLASSIFIER_END_POINTS else MAP_RELATIVE_TOLERANCE
+
+
+@dataclass
+class Report:
+    weights: str | None
+    reference: str  # what the port was compared with
+    images: list[str]
+    dtype: str
+    end_points: dict[str, Parity] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # end point -> why not compared
+    gradients: GradientParity | None = None
+    goldens_written: Path | None = None
+
+    @property
+    def first_divergence(self) -> str | None:
+        return next((name for name, p in self.end_points.items() if not p.passed), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_divergence is None and (self.gradients is None or self.gradients.passed)
+
+    def verdict(self) -> str:
+        n = len(self.images)
+        if not self.end_points:
+            return f"recorded {n} images' end points to {self.goldens_written}"
+        first = self.first_divergence
+        if first is not None:
+            p = self.end_points[first]
+            failing = sum(not q.passed for q in self.end_points.values())
+            return (f"FAIL: first divergence at {first}: {p} (relative {p.relative_error:.3g}); "
+                    f"{failing} of {len(self.end_points)} end points fail")
+        if self.gradients is not None and not self.gradients.passed:
+            return f"FAIL: end points agree, gradients do not: {self.gradients}"
+        logits = self.end_points["Logits"]
+        return (f"PASS: {len(self.end_points)} end points within bounds of {self.reference} "
+                f"on {n} images ({self.dtype}); top-1 "
+                f"{logits.top1_agree}/{n}, top-5 {logits.top5_agree}/{n}"
+                + ("; gradients and FGSM agree" if self.gradients is not None else ""))
+
+    def table(self) -> list[str]:
+        lines = [f"{'end point':<16}{'max |diff|':>12}{'relative':>12}{'bound':>10}  result"]
+        for name in END_POINTS:
+            if name in self.skipped:
+                lines.append(f"{name:<16}{'-':>12}{'-':>12}{'-':>10}  skipped: {self.skipped[name]}")
+            elif name in self.end_points:
+                p = self.end_points[name]
+                result = "ok" if p.passed else "FAIL"
+                if p.top1_agree is not None:
+                    result += f" (top-1 {p.top1_agree}/{p.images}, top-5 {p.top5_agree}/{p.images})"
+                lines.append(f"{name:<16}{p.max_abs_diff:>12.3g}{p.relative_error:>12.3g}"
+                             f"{p.relative_tolerance:>10.0e}  {result}")
+        if self.gradients is not None:
+            lines.append(f"gradients: {self.gradients} -> {'ok' if self.gradients.passed else 'FAIL'}")
+        return lines
+
+    def to_json(self) -> dict:
+        return {
+            "passed": self.passed,
+            "verdict": self.verdict(),
+            "first_divergence": self.first_divergence,
+            "weights": self.weights,
+            "reference": self.reference,
+            "dtype": self.dtype,
+            "rule": "max_abs_diff <= relative_tolerance * max(1, max |TF|); classifiers also "
+                    "need the same top-1 and top-5 on every image",
+            "images": self.images,
+            "end_points": {
+                name: {"max_abs_diff": p.max_abs_diff, "relative_error": p.relative_error,
+                       "scale": p.scale, "relative_tolerance": p.relative_tolerance,
+                       "bound": p.tolerance, "passed": p.passed,
+                       "top1_agree": p.top1_agree, "top5_agree": p.top5_agree}
+                for name, p in self.end_points.items()},
+            "skipped": self.skipped,
+            "gradients": None if self.gradients is None else {
+                **{k: getattr(self.gradients, k) for k in self.gradients.__dataclass_fields__},
+                "passed": self.gradients.passed},
+            "goldens_written": None if self.goldens_written is None else str(self.goldens_written),
+        }
+
+
+def compare_end_points(model: torch.nn.Module, images: np.ndarray, reference: Reference, *,
+                       first_class: int = 0, float64: bool = False, batch_size: int = 2,
+                       progress=None) -> dict[str, Parity]:
+    """Parity of every end point both sides have, batch by batch (memory stays small).
+
+    ``first_class=1`` compares 1000-class outputs with TF's logits[:, 1:] (background dropped).
+    """
+    results: dict[str, Parity] = {}
+    for start in range(0, len(images), batch_size):
+        stop = min(start + batch_size, len(images))
+        expected = reference(start, stop)
+        ours = torch_end_points(model, images[start:stop])
+        for name in END_POINTS:
+            if name in ours and name in expected:
+                ref = expected[name][:, first_class:] if expected[name].ndim == 2 else expected[name]
+                parity = compare(ours[name], ref, relative_tolerance(name, float64))
+                results[name] = results[name].merge(parity) if name in results else parity
+        if progress is not None:
+            progress(stop, len(images))
+    return results
+
+
+def first_class_for(weights: Path, model, source: SourceInfo) -> int:
+    """0 or 1: where the file's classes start among the checkpoint's; PortError if they cannot
+    come from it."""
+    if model.num_classes == source.num_classes:
+        return 0
+    if model.num_classes == source.num_classes - 1:
+        return 1
+    raise PortError(f"{weights}: has {model.num_classes} classes; it cannot be a port of "
+                    f"{source.checkpoint} ({source.num_classes} classes)")
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    weights: Path | None = None
+    src: Path | None = None           # TF-Slim checkpoint: run TF-Slim's graph
+    goldens: Path | None = None       # or a golden file recorded from one
+    images_dir: Path | None = None    # default: porting.photos' set
+    image_count: int | None = None
+    float64: bool = False
+    gradients: bool = False
+    label: int | None = None          # true label for --gradients (default TF's top-1)
+    ema: bool = False
+    record_goldens: Path | None = None
+    batch_size: int = 2
+
+
+def _checkpoint_source(request: VerifyRequest, dtype: str):
+    """(SourceInfo, TF-Slim graph) for ``request.src``; TensorFlow is imported here."""
+    from porting.sources import resolve_source
+    from porting.tfslim import TFSlimInceptionV3
+    from porting.writer import sha256_file
+
+    source = resolve_source(request.src)
+    tf_model = TFSlimInceptionV3.for_checkpoint(source.prefix, ema=request.ema, dtype=dtype)
+    info = SourceInfo(str(source.prefix), {f.name: sha256_file(f) for f in source.files},
+                      tf_model.end_points["Logits"].shape[-1], "AuxLogits" in tf_model.end_points,
+                      request.ema, dtype)
+    return info, tf_model
+
+
+def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
+    """Verify ``request.weights`` (and/or record goldens) as the CLI's ``verify`` describes."""
+    from porting.photos import load_photos
+
+    if (request.src is None) == (request.goldens is None):
+        raise PortError("give the reference: --src CHECKPOINT or --goldens FILE.h5 (one of them)")
+    if request.goldens is not None and (request.gradients or request.record_goldens):
+        raise PortError(f"{request.goldens}: --gradients and --record-goldens need TensorFlow "
+                        "and the checkpoint (--src)")
+    if request.weights is None and request.record_goldens is None:
+        raise PortError("nothing to do: give --weights FILE to verify, or --record-goldens FILE.h5")
+    dtype = "float64" if request.float64 else "float32"
+    model = None
+    if request.weights is not None:
+        model = load_ported(request.weights)
+        if request.float64 and model.fold_bn:
+            raise PortError(f"{request.weights}: --float64 proves the mapping exact, but this "
+                            "file's folded weights were rounded to float32 after folding; "
+                            "verify it in float32")
+        model = model.to(getattr(torch, dtype))
+
+    tf_model = recorder = goldens = None
+    try:
+        if request.goldens is not None:
+            goldens = Goldens(request.goldens)
+            source, images, names = goldens.source, goldens.inputs, goldens.names
+            if source.dtype != dtype:
+                raise PortError(f"{request.goldens}: recorded in {source.dtype}; verify with"
+                                f"{' --float64' if source.dtype == 'float64' else 'out --float64'}")
+            reference, described = goldens.reference, f"goldens {request.goldens}"
+        else:
+            names, images = load_photos(request.image_count or 10 ** 9, request.images_dir)
+            images = images.astype(dtype)
+            source, tf_model = _checkpoint_source(request, dtype)
+            reference = functools.partial(_tf_end_points, tf_model, images)
+            described = f"TF-Slim on {source.checkpoint}"
+            if request.record_goldens is not None:
+                recorder = GoldenRecorder(request.record_goldens, images, names, source)
+                reference = recorder.recording(reference)
+
+        report = Report(None if request.weights is None else str(request.weights), described,
+                        names, dtype)
+        if model is None:  # only recording
+            for start in range(0, len(images), request.batch_size):
+                stop = min(start + request.batch_size, len(images))
+                reference(start, stop)
+                if progress is not None:
+                    progress("TF-Slim", stop, len(images))
+        else:
+            first_class = first_class_for(request.weights, model, source)
+            if model.AuxLogits is not None and not source.aux:
+                raise PortError(f"{request.weights}: has an AuxLogits head, but "
+                                f"{source.checkpoint} has none")
+            if model.AuxLogits is None and source.aux:
+                report.skipped["AuxLogits"] = "not in the weights file (ported without aux)"
+            step = None if progress is None else functools.partial(progress, "end points")
+            report.end_points = compare_end_points(
+                model, images, reference, first_class=first_class, float64=request.float64,
+                batch_size=request.batch_size, progress=step)
+            if request.gradients:
+                if request.label is not None and not 0 <= request.label < model.num_classes:
+                    raise PortError(f"--label {request.label}: {request.weights} has classes "
+                                    f"0..{model.num_classes - 1}")
+                labels = None if request.label is None else np.full(len(images), request.label)
+                step = None if progress is None else functools.partial(progress, "gradients")
+                report.gradients = gradient_parity(
+                    model, tf_model, images, first_class=first_class, labels=labels,
+                    relative_tolerance=(FLOAT64_RELATIVE_TOLERANCE if request.float64
+                                        else FLOAT32_RELATIVE_TOLERANCE),
+                    batch_size=request.batch_size, progress=step)
+        if recorder is not None:
+            report.goldens_written = recorder.finish()
+            recorder = None
+        return report
+    finally:
+        if recorder is not None:
+            recorder.abandon()
+        for opened in (tf_model, goldens):
+            if opened is not None:
+                opened.close()
+
+
+def _tf_end_points(tf_model, images: np.ndarray, start: int, stop: int) -> dict:
+    return tf_model(images[start:stop], END_POINTS)

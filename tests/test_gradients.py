@@ -1,0 +1,80 @@
+"""Exactness beyond float32 rounding: float64 end points and gradients, float32 gradients and
+FGSM images that transfer between the frameworks with the same top-1."""
+import numpy as np
+import pytest
+
+from models.inception_v3 import END_POINTS
+from porting.errors import PortError
+from porting.gradients import FLOAT32_RELATIVE_TOLERANCE, gradient_parity
+from porting.parity import FLOAT64_RELATIVE_TOLERANCE
+from porting.verify import VerifyRequest, compare_end_points, run
+from porting.weights import load_ported
+
+
+@pytest.fixture(scope="module")
+def tf_model64(synthetic_ckpt):
+    from porting.tfslim import TFSlimInceptionV3
+
+    model = TFSlimInceptionV3(synthetic_ckpt, dtype="float64")
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def image64(photos):
+    return photos[1][:1].astype(np.float64)
+
+
+@pytest.mark.parametrize("variant, first_class", [("1001", 0), ("1000", 1)])
+def test_float64_every_end_point_agrees_to_1e_10(variant, first_class, ported_files, tf_model64,
+                                                 image64):
+    expected = tf_model64(image64, END_POINTS)
+    model = load_ported(ported_files[variant]).double()
+    results = compare_end_points(model, image64, lambda a, b: expected, first_class=first_class,
+                                 float64=True)
+    assert list(results) == list(END_POINTS)
+    for name, parity in results.items():
+        print(f"float64 {variant} {name}: relative {parity.relative_error:.2g}")
+        assert parity.relative_tolerance == FLOAT64_RELATIVE_TOLERANCE
+        assert parity.passed, f"{name}: {parity}"
+
+
+def test_float64_refuses_a_folded_file(ported_files, synthetic_ckpt):
+    with pytest.raises(PortError, match="folded weights were rounded to float32"):
+        run(VerifyRequest(weights=ported_files["fold-bn"], src=synthetic_ckpt, float64=True))
+
+
+def test_float32_gradients_and_fgsm_agree(ported_files, tf_model, photos):
+    parity = gradient_parity(load_ported(ported_files["1000"]), tf_model, photos[1][:2],
+                             first_class=1, relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
+    print(parity)
+    assert parity.passed, parity
+    assert parity.sign_agreement > 0.98
+    assert parity.fooled >= 1  # the attack does something, so agreeing on it means something
+
+
+def test_float32_gradients_with_a_given_label(ported_files, tf_model, photos):
+    parity = gradient_parity(load_ported(ported_files["1001"]), tf_model, photos[1][:1],
+                             first_class=0, labels=np.array([7]),
+                             relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
+    assert parity.passed, parity
+
+
+def test_float64_gradients_agree_to_1e_10(ported_files, tf_model64, image64):
+    parity = gradient_parity(load_ported(ported_files["1001"]).double(), tf_model64, image64,
+                             first_class=0, relative_tolerance=FLOAT64_RELATIVE_TOLERANCE)
+    print(parity)
+    assert parity.passed, parity
+
+
+def test_gradients_catch_a_wrong_port(ported_files, tf_model, photos):
+    import torch
+
+    model = load_ported(ported_files["1001"])
+    for module in model.modules():
+        if isinstance(module, torch.nn.AvgPool2d):
+            module.count_include_pad = True
+    parity = gradient_parity(model, tf_model, photos[1][:1], first_class=0,
+                             relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
+    print(parity)
+    assert parity.relative_error > FLOAT32_RELATIVE_TOLERANCE

@@ -1,0 +1,132 @@
+"""Keras HDF5 weights of keras.applications.InceptionV3 -> the same PyTorch model, proven
+against Keras's own predictions on photos, for Keras 3 ``.weights.h5`` and Keras 2 ``.h5``."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from models.inception_v3 import model_for_state_dict
+from porting.cli import main
+from porting.name_map import CONV_BN, LAYERS
+from porting.parity import compare, torch_outputs
+from porting.synthetic import whitened_classifier
+
+
+def _calibrated_keras3(images: np.ndarray, seed: int = 0):
+    """InceptionV3 with random weights made input-sensitive: random BN betas, moving statistics
+    set to the photos' batch statistics (a training pass with momentum 0), whitened classifier."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    keras.utils.set_random_seed(seed)
+    model = keras.applications.InceptionV3(weights=None, classifier_activation=None)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+            layer.beta.assign(rng.normal(0.0, 0.2, layer.beta.shape).astype(np.float32))
+    model(images, training=True)
+    features = keras.Model(model.inputs, model.get_layer("avg_pool").output)(images)
+    model.get_layer("predictions").set_weights(
+        list(whitened_classifier(np.asarray(features), 1000, rng)))
+    return model
+
+
+@pytest.fixture(scope="module")
+def keras_files(photos, tmp_path_factory):
+    """{format: (weights file, Keras's logits on the photos)}; the Keras 2 file is written by
+    tf_keras from a copy of the Keras 3 model's weights."""
+    from porting.tfslim import import_tensorflow
+
+    import_tensorflow()  # quiet start-up logs
+    import tf_keras
+
+    images = photos[1]
+    folder = tmp_path_factory.mktemp("keras")
+    keras3 = _calibrated_keras3(images)
+    keras2 = tf_keras.applications.InceptionV3(weights=None, classifier_activation=None)
+    keras2.set_weights(keras3.get_weights())
+    keras3.save_weights(folder / "inception_v3.weights.h5")
+    keras2.save_weights(str(folder / "inception_v3.h5"))
+    return {
+        "keras3": (folder / "inception_v3.weights.h5", np.asarray(keras3(images, training=False))),
+        "keras2": (folder / "inception_v3.h5", keras2(images, training=False).numpy()),
+        "model": keras3,
+    }
+
+
+def test_keras_creation_order_matches_tf_slim_scopes(keras_files, synthetic_ckpt):
+    """Why the reader sorts by name counter: model.layers interleaves branches, creation does not."""
+    from porting.readers import open_reader
+
+    convs = [layer for layer in keras_files["model"].layers if layer.__class__.__name__ == "Conv2D"]
+    created = sorted(convs, key=lambda l: int(re.fullmatch(r"conv2d(?:_(\d+))?", l.name).group(1) or 0))
+    assert [l.name for l in convs] != [l.name for l in created]
+    tf_shapes = open_reader(synthetic_ckpt).variables()
+    expected = [tf_shapes[layer.variables()["weight"]].shape for layer in LAYERS
+                if layer.kind == CONV_BN and not layer.is_aux]
+    assert [tuple(l.kernel.shape) for l in created] == expected
+
+
+@pytest.mark.parametrize("fmt", ["keras3", "keras2"])
+def test_keras_weights_port_with_parity(fmt, keras_files, photos, tmp_path):
+    path, reference = keras_files[fmt]
+    result = CliRunner().invoke(main, ["--src", str(path), "--dst", str(tmp_path / "keras.pth"),
+                                       "--no-aux"])
+    assert result.exit_code == 0, result.output
+    assert "378 variables" in result.stdout and "skipped  nothing" in result.stdout
+    (output,) = tmp_path.glob("keras-*.pth")
+    model = model_for_state_dict(torch.load(output, weights_only=True))
+    ours = torch_outputs(model, photos[1], batch_size=len(photos[1]))["Logits"]
+    parity = compare(ours, reference)
+    print(f"{fmt}: {parity}")
+    assert parity.passed
+    assert len(set(reference.argmax(1))) > 3  # the reference tells the photos apart
+
+
+def test_keras_source_needs_no_aux_and_names_its_weights(keras_files, tmp_path):
+    import json
+
+    path, _ = keras_files["keras3"]
+    result = CliRunner().invoke(main, ["--src", str(path), "--dst", str(tmp_path / "k.pth")])
+    assert result.exit_code == 1 and "--no-aux" in result.stderr
+    assert not list(tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["--src", str(path), "--dst", str(tmp_path / "k.pth"),
+                                       "--no-aux", "--num-classes", "1001"])
+    assert result.exit_code == 1 and "1000 classes" in result.stderr
+    CliRunner().invoke(main, ["--src", str(path), "--dst", str(tmp_path / "k.pth"), "--no-aux"])
+    manifest = json.loads(next(tmp_path.glob("k-*.json")).read_text())
+    assert manifest["source"]["format"] == "Keras 3 HDF5"
+    assert manifest["variables"]["mapped"]["conv2d_5/kernel"] == "Mixed_5b.branch1x1 (weight)"
+
+
+def test_keras3_file_without_layer_names_is_refused(keras_files, tmp_path):
+    import h5py
+
+    path = tmp_path / "old.weights.h5"
+    shutil.copy(keras_files["keras3"][0], path)
+    with h5py.File(path, "r+") as f:
+        for group in f["layers"].values():
+            if "vars" in group:
+                group["vars"].attrs.pop("name", None)
+    result = CliRunner().invoke(main, ["--src", str(path), "--dst", str(tmp_path / "k.pth"),
+                                       "--no-aux"])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"error: {path}: layers/") and "no layer name" in result.stderr
+
+
+def test_keras_reader_does_not_import_tensorflow(keras_files, tmp_path):
+    import subprocess
+    import sys
+
+    path, _ = keras_files["keras2"]
+    code = ("import sys; from porting.convert import PortOptions, convert; "
+            "from porting.readers import open_reader; "
+            f"convert(open_reader({str(path)!r}), PortOptions(aux=False)); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -1,0 +1,89 @@
+"""TF-Slim's eval preprocessing reimplemented in numpy, against TensorFlow's own ops; timm's
+path; ``port-weights predict``."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from porting.cli import main
+from porting.photos import PHOTOS, photo_dir
+from porting.predict import class_name
+from porting.preprocess import central_crop_box, load_image, tf_slim_eval
+
+
+@pytest.fixture(scope="module")
+def tf():
+    from porting.tfslim import import_tensorflow
+
+    return import_tensorflow()
+
+
+def _tf_slim_reference(tf, pixels: np.ndarray) -> np.ndarray:
+    """TF-Slim's preprocess_for_eval, with TensorFlow's ops (eager)."""
+    image = tf.image.convert_image_dtype(pixels, tf.float32)
+    image = tf.compat.v1.image.central_crop(image, central_fraction=0.875)
+    image = tf.compat.v1.image.resize_bilinear(image[None], [299, 299], align_corners=False)[0]
+    return ((image - 0.5) * 2.0).numpy()
+
+
+def _pixels(name: str) -> np.ndarray:
+    with Image.open(photo_dir() / name) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_tf_slim_eval_matches_tensorflow(tf, name):
+    pixels = _pixels(name)
+    ours, reference = tf_slim_eval(pixels), _tf_slim_reference(tf, pixels)
+    assert ours.shape == reference.shape == (299, 299, 3)
+    diff = float(np.abs(ours - reference).max())
+    print(f"{name} {pixels.shape}: max |diff| {diff:.2g}")
+    assert diff <= 1e-5
+
+
+def test_half_pixel_resize_would_not_match(tf):
+    """The trap the notes warn about: TF2's resize (half-pixel centres) is another image."""
+    pixels = _pixels("chelsea.png")
+    image = tf.compat.v1.image.central_crop(tf.image.convert_image_dtype(pixels, tf.float32), 0.875)
+    half_pixel = (tf.image.resize(image, [299, 299]).numpy() - 0.5) * 2.0
+    assert np.abs(half_pixel - tf_slim_eval(pixels)).max() > 1e-2
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (101, 37), (333, 500), (512, 512), (299, 300)])
+def test_crop_box_is_tensorflows(tf, shape):
+    image = np.arange(np.prod(shape), dtype=np.float32).reshape(*shape, 1)
+    top, left, h, w = central_crop_box(*shape)
+    expected = tf.compat.v1.image.central_crop(image, 0.875).numpy()
+    np.testing.assert_array_equal(image[top:top + h, left:left + w], expected)
+
+
+def test_timm_path_is_another_preprocessing():
+    path = photo_dir() / "coffee.png"
+    timm, slim = load_image(path, "timm"), load_image(path)
+    assert timm.shape == slim.shape == (299, 299, 3)
+    assert timm.min() >= -1 and timm.max() <= 1
+    assert np.abs(timm - slim).mean() > 1e-3
+
+
+def test_class_names_handle_the_background_class():
+    assert class_name(0, 1001) == "background"
+    assert class_name(1, 1001) == class_name(0, 1000) == "tench (n01440764)"
+    assert class_name(1000, 1001) == class_name(999, 1000) == "toilet tissue (n15075141)"
+
+
+@pytest.mark.parametrize("variant", ["1000", "1001"])
+def test_predict_prints_top5_names(ported_files, variant):
+    image = str(photo_dir() / "chelsea.png")
+    result = CliRunner().invoke(main, ["predict", str(ported_files[variant]), image])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == image and len(lines) == 6
+    assert all("%" in line and "(n" in line or "background" in line for line in lines[1:])
+
+
+def test_predict_names_an_unreadable_image(ported_files, tmp_path):
+    junk = tmp_path / "junk.jpg"
+    junk.write_text("no image")
+    result = CliRunner().invoke(main, ["predict", str(ported_files["1000"]), str(junk)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {junk}: cannot read image")

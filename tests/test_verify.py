@@ -1,0 +1,200 @@
+"""``port-weights verify``: every end point of every output variant against TF-Slim, and the
+first diverging end point named on sabotaged files."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from models.inception_v3 import END_POINTS
+from porting.cli import main
+from porting.verify import compare_end_points, first_class_for
+from porting.weights import load_ported
+
+IMAGES = 2  # enough for every end point; the 10-image logits are test_parity's job
+
+
+@pytest.fixture(scope="session")
+def tf_end_points(tf_model, photos):
+    """TF-Slim's end points on the first photos, computed once: a ``Reference``."""
+    computed = tf_model(photos[1][:IMAGES], END_POINTS)
+    return lambda start, stop: {name: value[start:stop] for name, value in computed.items()}
+
+
+def _verify(model, photos, tf_end_points):
+    first_class = 1 if model.num_classes == 1000 else 0
+    return compare_end_points(model, photos[1][:IMAGES], tf_end_points, first_class=first_class)
+
+
+def _first_divergence(results) -> str | None:
+    return next((name for name, parity in results.items() if not parity.passed), None)
+
+
+@pytest.mark.parametrize("variant", ["1001", "1000", "no-aux", "fold-bn"])
+def test_every_variant_passes(variant, ported_files, photos, tf_end_points):
+    results = _verify(load_ported(ported_files[variant]), photos, tf_end_points)
+    expected = [n for n in END_POINTS if variant != "no-aux" or n != "AuxLogits"]
+    assert list(results) == expected
+    for name, parity in results.items():
+        print(f"{variant} {name}: {parity} (relative {parity.relative_error:.2g})")
+        assert parity.passed, f"{name}: {parity}"
+        # Margin: the honest port stays well inside every bound.
+        assert parity.max_abs_diff < parity.tolerance / 2, name
+
+
+def _sabotaged(path, tmp_path, edit):
+    state_dict = torch.load(path, weights_only=True)
+    edit(state_dict)
+    out = tmp_path / "sabotaged.pth"
+    torch.save(state_dict, out)
+    return out
+
+
+def test_scaled_moving_variance_is_found_at_mixed_6c(ported_files, photos, tf_end_points, tmp_path):
+    def edit(sd):
+        sd["Mixed_6c.branch1x1.bn.running_var"] *= 4
+
+    model = load_ported(_sabotaged(ported_files["1001"], tmp_path, edit))
+    assert _first_divergence(_verify(model, photos, tf_end_points)) == "Mixed_6c"
+
+
+def test_swapped_branches_are_found_at_mixed_5c(ported_files, photos, tf_end_points, tmp_path):
+    def edit(sd):  # two same-shaped 1x1 convs (256 -> 64) of Mixed_5c, with their batch norms
+        for key in [k for k in sd if k.startswith("Mixed_5c.branch1x1.")]:
+            other = key.replace("branch1x1", "branch3x3dbl_1")
+            sd[key], sd[other] = sd[other], sd[key]
+
+    model = load_ported(_sabotaged(ported_files["1000"], tmp_path, edit))
+    assert _first_divergence(_verify(model, photos, tf_end_points)) == "Mixed_5c"
+
+
+def test_padding_counting_pools_are_found_at_mixed_5b(ported_files, photos, tf_end_points):
+    model = load_ported(ported_files["fold-bn"])
+    for module in model.modules():
+        if isinstance(module, torch.nn.AvgPool2d):
+            module.count_include_pad = True  # timm's / torchvision's pooling
+    results = _verify(model, photos, tf_end_points)
+    assert _first_divergence(results) == "Mixed_5b"
+    assert results["Mixed_5b"].relative_error > 100 * results["Mixed_5b"].relative_tolerance
+
+
+def test_class_count_must_fit_the_checkpoint(ported_files, tf_end_points):
+    from porting.errors import PortError
+    from porting.goldens import SourceInfo
+
+    model = load_ported(ported_files["1000"])
+    assert first_class_for("f.pth", model, SourceInfo("ckpt", {}, 1001, True, False, "float32")) == 1
+    with pytest.raises(PortError, match="f.pth: has 1000 classes"):
+        first_class_for("f.pth", model, SourceInfo("ckpt", {}, 10, True, False, "float32"))
+
+
+@pytest.fixture(scope="session")
+def goldens(synthetic_ckpt, ported_files, tmp_path_factory):
+    """The CLI run end to end on one variant, recording goldens: (result, goldens, report)."""
+    out = tmp_path_factory.mktemp("goldens")
+    args = ["verify", "--src", str(synthetic_ckpt), "--weights", str(ported_files["1000"]),
+            "--count", "1", "--record-goldens", str(out / "goldens.h5"),
+            "--json", str(out / "report.json")]
+    result = CliRunner().invoke(main, args)
+    return result, out / "goldens.h5", json.loads((out / "report.json").read_text())
+
+
+def test_cli_verify_prints_every_end_point_and_passes(goldens):
+    result, _, report = goldens
+    assert result.exit_code == 0, result.output
+    for name in END_POINTS:
+        assert f"\n{name} " in result.output
+    assert result.output.strip().splitlines()[-1].startswith("PASS: 21 end points")
+    assert report["passed"] and report["first_divergence"] is None
+    assert set(report["end_points"]) == set(END_POINTS)
+    assert report["end_points"]["Logits"]["top1_agree"] == 1
+
+
+def test_goldens_hold_inputs_end_points_and_checkpoint_hashes(goldens, synthetic_ckpt):
+    from porting.goldens import Goldens
+    from porting.writer import sha256_file
+
+    golden = Goldens(goldens[1])
+    try:
+        assert golden.inputs.shape == (1, 299, 299, 3)
+        assert set(golden.end_points) == set(END_POINTS)
+        index = synthetic_ckpt.parent / f"{synthetic_ckpt.name}.index"
+        assert golden.source.sha256[index.name] == sha256_file(index)
+        assert golden.source.num_classes == 1001
+    finally:
+        golden.close()
+
+
+# Run inside the subprocess: TensorFlow cannot be imported there.
+NO_TENSORFLOW = """
+import sys
+
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tf_slim", "tf_keras"):
+            raise ImportError(f"{name} is blocked in this test")
+
+sys.meta_path.insert(0, NoTensorFlow())
+"""
+
+
+def _python_without_tensorflow(tmp_path, code, *args):
+    """``python -c CODE ARGS`` in a fresh interpreter whose sitecustomize blocks TensorFlow."""
+    (tmp_path / "sitecustomize.py").write_text(NO_TENSORFLOW)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                          cwd=Path(__file__).parents[1], timeout=300)
+
+
+def _run_without_tensorflow(tmp_path, *args):
+    """``port-weights ARGS`` with TensorFlow blocked."""
+    return _python_without_tensorflow(
+        tmp_path, "import sys; from porting.cli import main; main(sys.argv[1:])", *args)
+
+
+def test_goldens_verify_without_tensorflow(goldens, ported_files, tmp_path):
+    probe = _run_without_tensorflow(tmp_path, "verify", "--goldens", str(goldens[1]),
+                                    "--weights", str(ported_files["no-aux"]))
+    assert probe.returncode == 0, probe.stderr
+    assert "AuxLogits" in probe.stdout and "skipped" in probe.stdout
+    assert probe.stdout.strip().splitlines()[-1].startswith("PASS: 20 end points")
+
+
+def test_goldens_verify_without_tensorflow_fails_on_a_sabotaged_file(goldens, ported_files,
+                                                                      tmp_path):
+    def edit(sd):
+        sd["Mixed_6c.branch1x1.bn.running_var"] *= 4
+
+    bad = _sabotaged(ported_files["1000"], tmp_path, edit)
+    probe = _run_without_tensorflow(tmp_path, "verify", "--goldens", str(goldens[1]),
+                                    "--weights", str(bad))
+    assert probe.returncode == 1
+    assert probe.stderr.strip().startswith("FAIL: first divergence at Mixed_6c"), probe.stderr
+    assert len(probe.stderr.strip().splitlines()) == 1
+
+
+def test_tensorflow_is_really_blocked(tmp_path):
+    probe = _python_without_tensorflow(tmp_path, "import tensorflow")
+    assert probe.returncode != 0 and "tensorflow is blocked" in probe.stderr
+
+
+def test_bad_weights_give_one_line_naming_the_file(tmp_path, goldens):
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a zip")
+    result = CliRunner().invoke(main, ["verify", "--goldens", str(goldens[1]), "--weights", str(junk)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {junk}: not a PyTorch weights file")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_goldens_give_one_line_naming_the_file(tmp_path, ported_files):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    result = CliRunner().invoke(main, ["verify", "--goldens", str(junk),
+                                       "--weights", str(ported_files["1000"])])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {junk}: not an HDF5 golden file"
