@@ -1,8 +1,9 @@
 """Write a state dict as ``<stem>-<sha256[:8]>.pth``: reproducible, atomic, torch.hub-compatible.
 
 torch.save embeds the archive name in the zip and defaults it to the file's stem, so the same
-tensors saved under two names differ byte for byte. We serialise to memory (archive name fixed
-by torch to "archive"), hash those bytes, and only then write them under their final name.
+tensors saved under two names differ byte for byte. We serialise into an anonymous temporary
+file object (archive name fixed by torch to "archive"), hash those bytes, and only then rename
+the file to its final, hashed name.
 
 ``safetensors`` files are written by a small writer of the documented layout (8-byte
 little-endian header length, JSON header, tensor bytes back to back) with a fixed key order,
@@ -10,8 +11,8 @@ so that they are byte-reproducible too; the safetensors package reads them (see 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import json
 import os
 import struct
@@ -31,13 +32,8 @@ class Written:
     unchanged: bool  # an identical file was already there
 
 
+FORMATS = {"pth": ".pth", "safetensors": ".safetensors"}
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
-
-
-def serialize(state_dict) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    return buffer.getvalue()
 
 
 def serialize_safetensors(state_dict, metadata: dict[str, str]) -> bytes:
@@ -68,19 +64,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename: never a partial file."""
+@contextlib.contextmanager
+def _staged(path: Path):
+    """A temporary file beside ``path`` (same file system, so the final rename is atomic).
+
+    Yields (file object, temporary path); the temporary file is removed unless renamed.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
+            yield f, Path(tmp)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def _commit(f, tmp: Path, path: Path) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, rename: never a partial file."""
+    with _staged(path) as (f, tmp):
+        f.write(payload)
+        _commit(f, tmp, path)
 
 
 def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "pth",
@@ -88,24 +97,30 @@ def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "p
     """Serialise ``state_dict`` and store it as the hashed sibling of ``dst``.
 
     ``fmt`` "safetensors" writes ``NAME-<sha256[:8]>.safetensors`` with ``metadata`` in its
-    header; "pth" has no place for metadata.
+    header; "pth" has no place for metadata. The .pth is streamed straight into the temporary
+    file (torch names the archive "archive" for any file object, so the bytes do not depend on
+    the file name) and hashed from there: no second copy of the weights in memory.
     """
     dst = Path(dst)
     if fmt == "safetensors":
-        payload = serialize_safetensors(state_dict, metadata or {})
-        dst = dst.with_suffix(".safetensors")
-    else:
-        payload = serialize(state_dict)
-    sha256 = hashlib.sha256(payload).hexdigest()
-    final = hashed_path(dst, sha256)
+        dst = dst.with_suffix(FORMATS[fmt])
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            if final.is_file() and sha256_file(final) == sha256:
-                return Written(final, sha256, unchanged=True)
-            if not force:
-                raise PortError(f"{final}: exists with different contents; pass --force to replace it")
-        atomic_write(final, payload)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with _staged(dst) as (f, tmp):
+            if fmt == "safetensors":
+                f.write(serialize_safetensors(state_dict, metadata or {}))
+            else:
+                torch.save(state_dict, f)
+            f.flush()
+            sha256 = sha256_file(tmp)
+            final = hashed_path(dst, sha256)
+            if final.exists():
+                if final.is_file() and sha256_file(final) == sha256:
+                    return Written(final, sha256, unchanged=True)
+                if not force:
+                    raise PortError(f"{final}: exists with different contents; "
+                                    "pass --force to replace it")
+            _commit(f, tmp, final)
     except OSError as err:
-        raise PortError(f"{err.filename or final}: cannot write: {err.strerror or err}") from err
+        raise PortError(f"{err.filename or dst}: cannot write: {err.strerror or err}") from err
     return Written(final, sha256, unchanged=False)
