@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.inception_v3 import BN_EPS, InceptionV3
+from models.inception_v3 import InceptionV3, fold_batch_norm
 from porting.errors import PortError
 from porting.name_map import CLASSIFIER, CONV_BN, EMA_SUFFIX, LAYERS, Layer, non_model_reason
 from porting.readers import CheckpointReader
@@ -148,12 +148,11 @@ def _f32(array: np.ndarray) -> torch.Tensor:
 def _conv_bn_tensors(prefix: str, v: dict[str, np.ndarray], fold_bn: bool) -> dict:
     weight = v["weight"].transpose(3, 2, 0, 1)  # HWIO -> OIHW
     if fold_bn:
-        # y = (conv(x, W) - mean) / sqrt(var + eps) + beta, gamma = 1; in float64, then rounded once.
-        scale = 1.0 / np.sqrt(v["var"].astype(np.float64) + BN_EPS)
-        return {
-            f"{prefix}.conv.weight": _f32(weight.astype(np.float64) * scale[:, None, None, None]),
-            f"{prefix}.conv.bias": _f32(v["beta"].astype(np.float64) - v["mean"] * scale),
-        }
+        # The checkpoint's own precision in, float64 math, float32 out: rounded once.
+        weight, bias = fold_batch_norm(torch.tensor(weight), torch.tensor(v["beta"]),
+                                       torch.tensor(v["mean"]), torch.tensor(v["var"]),
+                                       dtype=torch.float32)
+        return {f"{prefix}.conv.weight": weight, f"{prefix}.conv.bias": bias}
     return {
         f"{prefix}.conv.weight": _f32(weight),
         f"{prefix}.bn.weight": torch.ones(len(v["beta"])),  # TF-Slim batch norm has no gamma

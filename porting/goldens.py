@@ -38,20 +38,13 @@ class SourceInfo:
     dtype: str
 
 
-def _h5py():
-    try:
-        import h5py
-    except ImportError as err:
-        raise PortError("golden files need h5py: pip install 'tf-porting[goldens]'") from err
-    return h5py
-
-
 class GoldenRecorder:
     """Writes a golden file as TF's end points arrive, batch by batch; the file appears (by an
     atomic rename) only once every image is in."""
 
     def __init__(self, path: str | Path, inputs: np.ndarray, names: list[str], source: SourceInfo):
-        h5py = _h5py()
+        import h5py
+
         self.path = Path(path)
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
@@ -109,7 +102,8 @@ class Goldens:
     """A golden file opened for verification: inputs, source facts and a ``Reference``."""
 
     def __init__(self, path: str | Path):
-        h5py = _h5py()
+        import h5py
+
         self.path = Path(path)
         try:
             self._file = h5py.File(self.path, "r")

@@ -23,9 +23,10 @@ def photo_dir() -> Path:
     return Path(skimage.data.__file__).parent
 
 
-def load_photos(count: int = len(PHOTOS), folder: Path | None = None,
+def load_photos(count: int | None = None, folder: Path | None = None,
                 method: str = "tf-slim") -> tuple[list[str], np.ndarray]:
-    """(names, NHWC float32 batch): ``count`` photos from ``folder`` or scikit-image's set."""
+    """(names, NHWC float32 batch): the first ``count`` (default all) photos from ``folder``
+    (sorted by name) or scikit-image's set."""
     if folder is None:
         paths = [photo_dir() / name for name in PHOTOS[:count]]
     else:

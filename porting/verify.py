@@ -201,13 +201,14 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
     try:
         if request.goldens is not None:
             goldens = Goldens(request.goldens)
-            source, images, names = goldens.source, goldens.inputs, goldens.names
+            source = goldens.source
+            images, names = goldens.inputs[:request.image_count], goldens.names[:request.image_count]
             if source.dtype != dtype:
                 raise PortError(f"{request.goldens}: recorded in {source.dtype}; verify with"
                                 f"{' --float64' if source.dtype == 'float64' else 'out --float64'}")
             reference, described = goldens.reference, f"goldens {request.goldens}"
         else:
-            names, images = load_photos(request.image_count or 10 ** 9, request.images_dir)
+            names, images = load_photos(request.image_count, request.images_dir)
             images = images.astype(dtype)
             source, tf_model = _checkpoint_source(request, dtype)
             reference = functools.partial(_tf_end_points, tf_model, images)

@@ -54,8 +54,8 @@ def test_float32_gradients_and_fgsm_agree(ported_files, tf_model, photos):
 
 
 def test_float32_gradients_with_a_given_label(ported_files, tf_model, photos):
-    parity = gradient_parity(load_ported(ported_files["1001"]), tf_model, photos[1][:1],
-                             first_class=0, labels=np.array([7]),
+    parity = gradient_parity(load_ported(ported_files["1000"]), tf_model, photos[1][:1],
+                             first_class=1, labels=np.array([7]),
                              relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
     assert parity.passed, parity
 
