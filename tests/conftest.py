@@ -4,7 +4,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from porting.convert import PortOptions
 from porting.photos import load_photos
+
+# Every output variant of the core port; parity and verify tests run on each.
+VARIANTS = {
+    "1001": PortOptions(num_classes=1001),
+    "1000": PortOptions(num_classes=1000),
+    "no-aux": PortOptions(num_classes=1000, aux=False),
+    "fold-bn": PortOptions(num_classes=1001, fold_bn=True),
+}
 
 
 @pytest.fixture(scope="session")
@@ -55,16 +64,9 @@ def tf_outputs(tf_model, photos):
 @pytest.fixture(scope="session")
 def ported_files(synthetic_ckpt, tmp_path_factory):
     """The synthetic checkpoint ported to each output variant: {variant: .pth path}."""
-    from porting.convert import PortOptions
     from porting.pipeline import port_checkpoint
 
-    variants = {
-        "1001": PortOptions(num_classes=1001),
-        "1000": PortOptions(num_classes=1000),
-        "no-aux": PortOptions(num_classes=1000, aux=False),
-        "fold-bn": PortOptions(num_classes=1001, fold_bn=True),
-    }
     out = tmp_path_factory.mktemp("ported_files")
     return {name: port_checkpoint(synthetic_ckpt, out / name / "adv_inception_v3.pth",
                                   options).written.path
-            for name, options in variants.items()}
+            for name, options in VARIANTS.items()}

@@ -1,31 +1,17 @@
 """PyTorch logits from the written file vs TF-Slim's graph on real photos, for every variant."""
-import numpy as np
 import pytest
 import torch
 
 from models import model_for_state_dict
+from conftest import VARIANTS
 from porting.convert import PortOptions
 from porting.parity import compare, torch_outputs
-from porting.pipeline import port_checkpoint
-
-VARIANTS = {
-    "1001": PortOptions(num_classes=1001),
-    "1000": PortOptions(num_classes=1000),
-    "no-aux": PortOptions(num_classes=1000, aux=False),
-    "fold-bn": PortOptions(num_classes=1001, fold_bn=True),
-}
-
 
 @pytest.fixture(scope="session")
-def ported_models(synthetic_ckpt, tmp_path_factory):
-    """Each variant ported to a file, then loaded back from that file (weights_only)."""
-    out = tmp_path_factory.mktemp("ported")
-    models = {}
-    for name, options in VARIANTS.items():
-        written = port_checkpoint(synthetic_ckpt, out / name / "adv_inception_v3.pth", options).written
-        state_dict = torch.load(written.path, weights_only=True)
-        models[name] = model_for_state_dict(state_dict)
-    return models
+def ported_models(ported_files):
+    """Each variant loaded back from its written file (weights_only)."""
+    return {name: model_for_state_dict(torch.load(path, weights_only=True))
+            for name, path in ported_files.items()}
 
 
 def _reference(tf_out: dict, options: PortOptions) -> dict:
