@@ -1,4 +1,4 @@
-"""Fast CPU inference from a ported ``InceptionV3``, with the same logits (see bench/DEPLOY.md).
+"""Fast CPU inference from a ported ``InceptionV3``, with the same logits (see README, "the deploy path").
 
 ``deploy_model`` returns a copy of the model that computes ``forward`` only:
 - batch norm folded into the convs (``fold_batch_norm``: float64 math, rounded once);
@@ -8,9 +8,8 @@
   that alone cost ~15% of the run time.
 The AuxLogits head is dropped (``forward`` never uses it).
 
-``compile=True`` instead hands the folded channels_last model to ``torch.compile`` with weight
-freezing: about as fast, steadier when the CPU is shared, but it needs a C++ compiler and a
-minute of compilation per new input shape.
+Not used: ``torch.compile`` (with weight freezing) measured no faster here, slower at batch 1,
+and costs 45-70 s of compilation and a C++ compiler; TorchScript freezing was slower too.
 """
 from __future__ import annotations
 
@@ -49,12 +48,11 @@ def _channels_last_input(module, args):
     return (args[0].contiguous(memory_format=torch.channels_last),)
 
 
-def deploy_model(model_or_state_dict: InceptionV3 | dict[str, torch.Tensor],
-                 compile: bool = False) -> nn.Module:
+def deploy_model(model_or_state_dict: InceptionV3 | dict[str, torch.Tensor]) -> nn.Module:
     """A fast inference copy of an ``InceptionV3`` (plain or folded) or of a ported state dict.
 
-    Call it under ``torch.inference_mode()`` (``compile=True`` freezes weights only then). The
-    input model is left untouched; the result has no AuxLogits and is not meant to be saved.
+    Call it under ``torch.inference_mode()`` or ``torch.no_grad()``. The input model is left
+    untouched; the result has no AuxLogits and is not meant to be saved.
     """
     if isinstance(model_or_state_dict, nn.Module):
         model = copy.deepcopy(model_or_state_dict)
@@ -67,8 +65,6 @@ def deploy_model(model_or_state_dict: InceptionV3 | dict[str, torch.Tensor],
     model.fold_bn = True
     model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
     model.register_forward_pre_hook(_channels_last_input)
-    if compile:
-        return torch.compile(model, options={"freezing": True})
     if not torch.backends.mkldnn.is_available():
         return model
     for parent in list(model.modules()):

@@ -116,6 +116,8 @@ def _creation_order(layers: list[_KerasLayer], kind: str) -> list[_KerasLayer]:
 class KerasReader:
     """A CheckpointReader over a Keras InceptionV3 weights file, with TF-Slim variable names."""
 
+    kind = "h5py"
+
     def __init__(self, path: str | Path):
         import h5py  # only this reader needs it
 
@@ -179,7 +181,7 @@ class KerasReader:
     def variables(self) -> Mapping[str, VariableInfo]:
         return self._variables
 
-    def keras_name(self, name: str) -> str:
+    def stored_name(self, name: str) -> str:
         """The Keras weight a TF-Slim variable name stands for, e.g. ``conv2d_5/kernel``."""
         return self._keras_names[name]
 
@@ -187,5 +189,5 @@ class KerasReader:
         try:
             value = np.asarray(self._datasets[name][()])
         except OSError as err:
-            raise PortError(f"{self.path}: cannot read {self.keras_name(name)}: {err}") from err
+            raise PortError(f"{self.path}: cannot read {self.stored_name(name)}: {err}") from err
         return value.reshape(self._variables[name].shape)

@@ -371,6 +371,8 @@ class _SliceTables:
 class NativeReader:
     """TensorFlow checkpoints (V2 bundles, V1 single or sharded files) read without TensorFlow."""
 
+    kind = "native"
+
     def __init__(self, source: CheckpointSource):
         self.source = source
         try:
@@ -388,11 +390,14 @@ class NativeReader:
         if name not in self._variables:
             raise PortError(f"{self.source.files[0]}: no variable {name}")
         try:
-            value = self._format.read(name)
+            return self._format.read(name)
         except FormatError as err:
             raise PortError(f"{err.path or self._format.file_of(name)}: {name}: {err}") from None
         except OSError as err:
-            raise PortError(f"{err.filename or path}: {name}: cannot read: {err.strerror}") from None
+            path = err.filename or self._format.file_of(name)
+            raise PortError(f"{path}: {name}: cannot read: {err.strerror}") from None
         except MemoryError:
-            raise PortError(f"{path}: {name}: too large to read into memory") from None
-        return value
+            raise PortError(f"{self._format.file_of(name)}: {name}: too large to read into memory") from None
+
+    def stored_name(self, name: str) -> str:
+        return name

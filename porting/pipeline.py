@@ -12,7 +12,6 @@ from pathlib import Path
 
 from porting.archives import is_archive, unpacked
 from porting.convert import Conversion, PortOptions, convert
-from porting.keras_h5 import KerasReader
 from porting.manifest import (build_manifest, model_card, sidecar, source_record, write_json,
                               write_text)
 from porting.readers import open_reader
@@ -48,12 +47,9 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         if fmt == "safetensors" else None
     written = write_hashed(conversion.state_dict, dst, force=force, fmt=fmt, metadata=header)
 
-    keras = isinstance(checkpoint, KerasReader)  # Keras sources are listed by their own names
-    mapped = {checkpoint.keras_name(name) if keras else name: target
-              for name, target in conversion.mapped.items()}
+    mapped = {checkpoint.stored_name(name): target for name, target in conversion.mapped.items()}
     options_record = {"num_classes": options.num_classes, "aux": options.aux,
-                      "fold_bn": options.fold_bn, "ema": options.ema,
-                      "reader": "h5py" if keras else reader}
+                      "fold_bn": options.fold_bn, "ema": options.ema, "reader": checkpoint.kind}
     manifest = build_manifest(source, written.path, fmt, written.sha256, header, options_record,
                               len(checkpoint.variables()), mapped, conversion.skipped)
     manifest_path = sidecar(written.path, ".json")

@@ -26,12 +26,16 @@ class VariableInfo:
 
 class CheckpointReader(Protocol):
     source: CheckpointSource
+    kind: str  # which implementation read the file, as the manifest records it
 
     def variables(self) -> Mapping[str, VariableInfo]:
         """name -> dtype and shape, read from the index only."""
 
     def read(self, name: str) -> np.ndarray:
         """The full value of one variable; raises PortError naming the file on bad data."""
+
+    def stored_name(self, name: str) -> str:
+        """What the file itself calls variable ``name`` (readers may present other names)."""
 
 
 def _first_line(err: Exception) -> str:
@@ -41,6 +45,8 @@ def _first_line(err: Exception) -> str:
 
 class TFReader:
     """TensorFlow's own reader (``tf.train.load_checkpoint``): the reference implementation."""
+
+    kind = "tf"
 
     def __init__(self, source: CheckpointSource):
         from porting.tfslim import import_tensorflow  # only this reader needs TensorFlow
@@ -69,6 +75,9 @@ class TFReader:
         except self._errors as err:
             raise PortError(
                 f"{self.source.prefix}.data-*: cannot read {name}: {_first_line(err)}") from err
+
+    def stored_name(self, name: str) -> str:
+        return name
 
 
 def _native_reader(source: CheckpointSource) -> CheckpointReader:

@@ -70,3 +70,18 @@ def ported_files(synthetic_ckpt, tmp_path_factory):
     return {name: port_checkpoint(synthetic_ckpt, out / name / "adv_inception_v3.pth",
                                   options).written.path
             for name, options in VARIANTS.items()}
+
+
+@pytest.fixture(scope="session")
+def tf():
+    from porting.tfslim import import_tensorflow
+
+    return import_tensorflow()
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, tf):
+    """Every dtype and layout flavour, written by TensorFlow (tests/dtype_checkpoints.py)."""
+    from dtype_checkpoints import write_checkpoints
+
+    return write_checkpoints(tf, tmp_path_factory.mktemp("native"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from porting.cli import main
-from test_native_reader import checkpoints, tf  # noqa: F401 (shared TF-written fixtures)
 
 
 def test_inspect_synthetic_checkpoint(synthetic_ckpt):

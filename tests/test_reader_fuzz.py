@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dtype_checkpoints import same
 
 from porting.errors import PortError
 from porting.readers import open_reader
-# tests/ is on sys.path under pytest; importing the fixtures shares the TF-written checkpoints.
-from test_native_reader import _same, checkpoints, tf  # noqa: F401
 
 MUTATIONS_PER_FILE = 45
 TARGETS = [("v2", ".index"), ("v2", ".data-00000-of-00001"), ("v2_snappy", ".index"),
@@ -71,7 +70,7 @@ def test_mutated_checkpoints_read_right_or_fail_cleanly(checkpoints, tmp_path):
                 continue
             assert got.keys() == expected.keys(), (flavour, suffix, what)
             for name, value in expected.items():
-                assert _same(got[name], value), (flavour, suffix, what, name)
+                assert same(got[name], value), (flavour, suffix, what, name)
             outcomes["identical"] += 1
     assert sum(outcomes.values()) >= 200
     assert outcomes["error"] > 100  # the corpus really exercises the checks
