@@ -68,11 +68,11 @@ class BasicConv2d(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size, stride=1, padding=0,
-                 fold_bn: bool = False):
+                 fold_bn: bool = False, device=None):
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding,
-                              bias=fold_bn)
-        self.bn = nn.Identity() if fold_bn else nn.BatchNorm2d(out_chs, eps=BN_EPS)
+                              bias=fold_bn, device=device)
+        self.bn = nn.Identity() if fold_bn else nn.BatchNorm2d(out_chs, eps=BN_EPS, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)), inplace=True)
@@ -211,11 +211,11 @@ class InceptionE(nn.Module):
 class InceptionAux(nn.Module):
     """Auxiliary classifier on Mixed_6e: avgpool 5x5/3 VALID -> 1x1 (128) -> 5x5 VALID (768) -> fc."""
 
-    def __init__(self, in_chs: int, num_classes: int, conv=BasicConv2d):
+    def __init__(self, in_chs: int, num_classes: int, conv=BasicConv2d, device=None):
         super().__init__()
         self.conv0 = conv(in_chs, 128, 1)
         self.conv1 = conv(128, 768, 5)
-        self.fc = nn.Linear(768, num_classes)
+        self.fc = nn.Linear(768, num_classes, device=device)
 
     def forward(self, x):
         x = self.conv1(self.conv0(F.avg_pool2d(x, 5, stride=3)))
@@ -229,15 +229,17 @@ class InceptionV3(nn.Module):
         num_classes: 1001 keeps TF-Slim's background class at index 0; 1000 is timm's layout.
         aux_logits: build the AuxLogits head (returned by ``forward_end_points`` only).
         fold_bn: deploy variant with batch norm folded into conv weights and biases.
+        device: where to allocate the weights; "meta" gives the layout alone, in milliseconds.
     """
 
-    def __init__(self, num_classes: int = 1000, aux_logits: bool = True, fold_bn: bool = False):
+    def __init__(self, num_classes: int = 1000, aux_logits: bool = True, fold_bn: bool = False,
+                 device=None):
         super().__init__()
         self.num_classes = num_classes
         self.fold_bn = fold_bn
 
         def conv(*args, **kwargs):
-            return BasicConv2d(*args, fold_bn=fold_bn, **kwargs)
+            return BasicConv2d(*args, fold_bn=fold_bn, device=device, **kwargs)
 
         self.Conv2d_1a_3x3 = conv(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = conv(32, 32, 3)
@@ -252,11 +254,12 @@ class InceptionV3(nn.Module):
         self.Mixed_6c = InceptionC(768, chs_7x7=160, conv=conv)
         self.Mixed_6d = InceptionC(768, chs_7x7=160, conv=conv)
         self.Mixed_6e = InceptionC(768, chs_7x7=192, conv=conv)
-        self.AuxLogits = InceptionAux(768, num_classes, conv=conv) if aux_logits else None
+        self.AuxLogits = (InceptionAux(768, num_classes, conv=conv, device=device)
+                          if aux_logits else None)
         self.Mixed_7a = InceptionD(768, conv=conv)
         self.Mixed_7b = InceptionE(1280, conv=conv)
         self.Mixed_7c = InceptionE(2048, conv=conv)
-        self.fc = nn.Linear(2048, num_classes)
+        self.fc = nn.Linear(2048, num_classes, device=device)
 
     def _stem(self, x, out: dict | None):
         """Layers up to MaxPool_5a_3x3, recording end points into ``out`` when given."""

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 bad input or a failed check (one line on stderr), 2 usa
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections import Counter
 
@@ -328,5 +329,26 @@ def _describe_skipped(skipped: dict[str, str], verbose: bool) -> str:
         " (-v lists them)"
 
 
+def run() -> None:
+    """The console script: ``main``, then a fast exit.
+
+    With torch (and TensorFlow) loaded, the interpreter's own teardown takes ~0.4 s on our
+    2-core machines, a fifth of a whole port. Every file is written, fsynced and closed before
+    ``main`` returns, so after flushing stdout and stderr nothing is left for it to do.
+    """
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = 0
+    if isinstance(code, str):  # sys.exit("message") convention
+        print(code, file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    main()
+    run()

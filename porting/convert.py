@@ -44,8 +44,8 @@ class Conversion:
 
 def target_layout(options: PortOptions) -> "OrderedDict[str, torch.Size]":
     """Keys and shapes of the model the options describe, without allocating its weights."""
-    with torch.device("meta"):
-        model = InceptionV3(options.num_classes, aux_logits=options.aux, fold_bn=options.fold_bn)
+    model = InceptionV3(options.num_classes, aux_logits=options.aux, fold_bn=options.fold_bn,
+                        device="meta")
     return OrderedDict((k, v.shape) for k, v in model.state_dict().items())
 
 
@@ -140,17 +140,26 @@ def _check_shapes(reader, layers, sources, layout, options) -> int:
     return source_classes
 
 
-def _f32(array: np.ndarray) -> torch.Tensor:
-    """An owning, contiguous float32 tensor (views would make torch.save store hidden rows)."""
-    return torch.from_numpy(np.array(array, dtype=np.float32, order="C", copy=True))
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A reader's array as a tensor, sharing its memory (readers hand out a fresh buffer per
+    read) unless it is read-only."""
+    array = np.asarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
-def _conv_bn_tensors(prefix: str, v: dict[str, np.ndarray], fold_bn: bool) -> dict:
-    weight = v["weight"].transpose(3, 2, 0, 1)  # HWIO -> OIHW
+def _f32(tensor: torch.Tensor) -> torch.Tensor:
+    """Contiguous float32 with a storage of its own size: torch.save writes whole storages, so
+    a view into a bigger buffer (the classifier without its background row) is copied."""
+    tensor = tensor.to(torch.float32).contiguous()  # .to() alone keeps a permuted layout
+    compact = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return tensor if compact else tensor.clone()
+
+
+def _conv_bn_tensors(prefix: str, v: dict[str, torch.Tensor], fold_bn: bool) -> dict:
+    weight = v["weight"].permute(3, 2, 0, 1)  # HWIO -> OIHW; torch's copy of it is parallel
     if fold_bn:
         # The checkpoint's own precision in, float64 math, float32 out: rounded once.
-        weight, bias = fold_batch_norm(torch.tensor(weight), torch.tensor(v["beta"]),
-                                       torch.tensor(v["mean"]), torch.tensor(v["var"]),
+        weight, bias = fold_batch_norm(weight, v["beta"], v["mean"], v["var"],
                                        dtype=torch.float32)
         return {f"{prefix}.conv.weight": weight, f"{prefix}.conv.bias": bias}
     return {
@@ -163,7 +172,7 @@ def _conv_bn_tensors(prefix: str, v: dict[str, np.ndarray], fold_bn: bool) -> di
     }
 
 
-def _logits_tensors(prefix: str, v: dict[str, np.ndarray], drop_background: bool) -> dict:
+def _logits_tensors(prefix: str, v: dict[str, torch.Tensor], drop_background: bool) -> dict:
     weight, bias = v["weight"][0, 0].T, v["bias"]  # [1, 1, in, C] -> [C, in]
     if drop_background:
         weight, bias = weight[1:], bias[1:]
@@ -180,7 +189,7 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
     tensors, mapped = {}, {}
     for layer in layers:
         names = layer.variables()
-        values = {role: reader.read(sources[name]) for role, name in names.items()}
+        values = {role: _tensor(reader.read(sources[name])) for role, name in names.items()}
         if layer.kind == CONV_BN:
             produced = _conv_bn_tensors(layer.torch_name, values, options.fold_bn)
         else:

@@ -11,7 +11,6 @@ import json
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
 
 from models.inception_v3 import InceptionV3
 from porting.errors import PortError
@@ -42,10 +41,19 @@ def _file_record(path: Path, base: Path) -> dict:
             "sha256": sha256_file(path)}
 
 
-def source_record(given: str | Path, checkpoint_source, archive: Path | None,
-                  release: Release | None, num_classes: int) -> dict:
-    """The source, hashed file by file; call it while the files exist (archives are temporary)."""
+def hash_source_files(checkpoint_source, archive: Path | None) -> dict:
+    """Names, sizes and sha256 of the source files; call it while they exist (archives are
+    unpacked only for the duration of a port)."""
     base = checkpoint_source.files[0].parent
+    return {
+        "archive": _file_record(archive, archive.parent) if archive else None,
+        "files": [_file_record(path, base) for path in checkpoint_source.files],
+    }
+
+
+def source_record(given: str | Path, checkpoint_source, hashed_files: dict,
+                  release: Release | None, num_classes: int) -> dict:
+    """The source as the manifest records it; ``hashed_files`` from ``hash_source_files``."""
     return {
         "given": str(given),
         "format": checkpoint_source.format,
@@ -53,8 +61,7 @@ def source_record(given: str | Path, checkpoint_source, archive: Path | None,
         "checkpoint": checkpoint_source.prefix.name,
         "release": release.name if release else None,
         "url": release.url if release else None,
-        "archive": _file_record(archive, archive.parent) if archive else None,
-        "files": [_file_record(path, base) for path in checkpoint_source.files],
+        **hashed_files,
     }
 
 
@@ -98,9 +105,8 @@ def record_parity(manifest_path: Path, parity: Parity, reference: str) -> dict:
 
 
 def parameter_count(options: dict) -> int:
-    with torch.device("meta"):
-        model = InceptionV3(options["num_classes"], aux_logits=options["aux"],
-                            fold_bn=options["fold_bn"])
+    model = InceptionV3(options["num_classes"], aux_logits=options["aux"],
+                        fold_bn=options["fold_bn"], device="meta")
     return sum(p.numel() for p in model.parameters())
 
 

@@ -7,13 +7,14 @@ beside it, and a model card on request.
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from porting.archives import is_archive, unpacked
 from porting.convert import Conversion, PortOptions, convert
-from porting.manifest import (build_manifest, model_card, sidecar, source_record, write_json,
-                              write_text)
+from porting.manifest import (build_manifest, hash_source_files, model_card, sidecar,
+                              source_record, write_json, write_text)
 from porting.readers import open_reader
 from porting.registry import release_for
 from porting.sources import CheckpointSource
@@ -36,11 +37,15 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
                     card: bool = False) -> PortResult:
     """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
     archive = Path(src) if is_archive(src) else None
-    with (unpacked(archive) if archive else contextlib.nullcontext(src)) as checkpoint_src:
+    with (unpacked(archive) if archive else contextlib.nullcontext(src)) as checkpoint_src, \
+            ThreadPoolExecutor(max_workers=1) as hasher:
         checkpoint = open_reader(checkpoint_src, reader)
+        # Hashing the source for the manifest runs beside the conversion (hashlib and file
+        # reads release the GIL), taking it off the wall time of a port.
+        hashed_files = hasher.submit(hash_source_files, checkpoint.source, archive)
         conversion = convert(checkpoint, options)
         release = release_for((archive or checkpoint.source.prefix).name)
-        source = source_record(src, checkpoint.source, archive, release,
+        source = source_record(src, checkpoint.source, hashed_files.result(), release,
                                conversion.source_classes)
     header = {"format": "pt", "model": "inception_v3 (models.inception_v3, TF-Slim exact)",
               "source": Path(src).name, "options": options.describe()} \

@@ -2,8 +2,8 @@
 
 torch.save embeds the archive name in the zip and defaults it to the file's stem, so the same
 tensors saved under two names differ byte for byte. We serialise into an anonymous temporary
-file object (archive name fixed by torch to "archive"), hash those bytes, and only then rename
-the file to its final, hashed name.
+file object (archive name fixed by torch to "archive"), hashing the bytes as they pass, and
+only then rename the file to its final, hashed name.
 
 ``safetensors`` files are written by a small writer of the documented layout (8-byte
 little-endian header length, JSON header, tensor bytes back to back) with a fixed key order,
@@ -64,6 +64,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _HashingWriter:
+    """Passes writes through to a file while hashing them: no second pass over the output."""
+
+    def __init__(self, file):
+        self._file = file
+        self.digest = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
 @contextlib.contextmanager
 def _staged(path: Path):
     """A temporary file beside ``path`` (same file system, so the final rename is atomic).
@@ -99,7 +114,7 @@ def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "p
     ``fmt`` "safetensors" writes ``NAME-<sha256[:8]>.safetensors`` with ``metadata`` in its
     header; "pth" has no place for metadata. The .pth is streamed straight into the temporary
     file (torch names the archive "archive" for any file object, so the bytes do not depend on
-    the file name) and hashed from there: no second copy of the weights in memory.
+    the file name) and hashed on the way: no second copy of the weights in memory.
     """
     dst = Path(dst)
     if fmt == "safetensors":
@@ -107,12 +122,12 @@ def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "p
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         with _staged(dst) as (f, tmp):
+            hashing = _HashingWriter(f)
             if fmt == "safetensors":
-                f.write(serialize_safetensors(state_dict, metadata or {}))
+                hashing.write(serialize_safetensors(state_dict, metadata or {}))
             else:
-                torch.save(state_dict, f)
-            f.flush()
-            sha256 = sha256_file(tmp)
+                torch.save(state_dict, hashing)
+            sha256 = hashing.digest.hexdigest()
             final = hashed_path(dst, sha256)
             if final.exists():
                 if final.is_file() and sha256_file(final) == sha256:

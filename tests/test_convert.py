@@ -48,6 +48,17 @@ def test_every_variable_is_accounted_for(synthetic_ckpt, tensors):
     assert set(conversion.mapped) == set(tensors) - {"global_step"}
     assert conversion.skipped == {"global_step": "training counter"}
     assert conversion.source_classes == 1001
+    for key, tensor in conversion.state_dict.items():  # what torch.save will store, and only it
+        assert tensor.is_contiguous(), key
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), key
+
+
+def test_background_row_is_not_stored(synthetic_ckpt):
+    sd = _port(synthetic_ckpt, num_classes=1000).state_dict
+    for key in ("fc.weight", "fc.bias", "AuxLogits.fc.weight", "AuxLogits.fc.bias"):
+        tensor = sd[key]
+        assert tensor.shape[0] == 1000 and tensor.storage_offset() == 0
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * 4, key
 
 
 def test_values_land_in_the_right_place(synthetic_ckpt, tensors):
