@@ -55,12 +55,10 @@ def main() -> int:
 
 def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
     """Port ``src`` with the default options, then compare with TF-Slim on the photos."""
-    import torch
-
-    from models import model_for_state_dict
     from porting.photos import load_photos
     from porting.pipeline import port_checkpoint
     from porting.tfslim import TFSlimInceptionV3
+    from porting.weights import load_ported
 
     options = PortOptions()  # timm's layout: 1000 classes, aux head
     result = port_checkpoint(src, dst, options, force=True)
@@ -71,7 +69,7 @@ def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
     background = conversion.source_classes - options.num_classes  # 1 when row 0 was dropped
     reference = tf_model(images)["Logits"][:, background:]
     tf_model.close()
-    model = model_for_state_dict(torch.load(result.written.path, weights_only=True))
+    model = load_ported(result.written.path)  # the written file, as a user loads it
     parity = compare(torch_outputs(model, images, len(images))["Logits"], reference)
 
     skipped = "; ".join(f"{n} ({why})" for n, why in conversion.skipped.items()) or "none"
