@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from porting.errors import PortError
+from porting.errors import PortError, first_line
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -95,8 +95,7 @@ def unpacked(archive: str | Path) -> Iterator[Path]:
         try:
             _unpack(archive, Path(tmp))
         except (tarfile.TarError, EOFError, zlib.error) as err:
-            reason = (str(err).splitlines() or [type(err).__name__])[0]  # tarfile's run long
-            raise PortError(f"{archive}: not a readable tar archive: {reason}") from err
+            raise PortError(f"{archive}: not a readable tar archive: {first_line(err)}") from err
         except OSError as err:
             raise PortError(f"{archive}: cannot unpack: {err.strerror or err}") from err
         yield _checkpoint_folder(Path(tmp))

@@ -55,6 +55,11 @@ def _fmt_names(names, limit: int = 4) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def destination_label(layer: Layer, role: str) -> str:
+    """Where a checkpoint variable lands, as reports show it: ``Mixed_5b.branch1x1 (weight)``."""
+    return f"{layer.torch_name} ({role})"
+
+
 def plan_variables(reader: CheckpointReader, options: PortOptions) -> tuple[list[Layer], dict, dict]:
     """Decide, from the index alone, which layers to port, where each value comes from, and
     what is skipped. Returns (layers, source name for each model variable, skipped)."""
@@ -179,11 +184,29 @@ def _logits_tensors(prefix: str, v: dict[str, torch.Tensor], drop_background: bo
     return {f"{prefix}.weight": _f32(weight), f"{prefix}.bias": _f32(bias)}
 
 
-def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> Conversion:
-    """Build the PyTorch state dict for ``options`` from ``reader``'s checkpoint."""
+@dataclass(frozen=True)
+class Plan:
+    """Everything a port decides from the index alone, before any tensor is read."""
+    layers: list[Layer]
+    sources: dict[str, str]   # model variable -> checkpoint variable that supplies it
+    skipped: dict[str, str]   # checkpoint variable -> reason
+    layout: "OrderedDict[str, torch.Size]"
+    source_classes: int
+
+
+def plan(reader: CheckpointReader, options: PortOptions) -> Plan:
+    """Names, shapes and dtypes checked against the target; PortError on anything wrong."""
     layers, sources, skipped = plan_variables(reader, options)
     layout = target_layout(options)
     source_classes = _check_shapes(reader, layers, sources, layout, options)
+    return Plan(layers, sources, skipped, layout, source_classes)
+
+
+def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> Conversion:
+    """Build the PyTorch state dict for ``options`` from ``reader``'s checkpoint."""
+    checked = plan(reader, options)
+    layers, sources, skipped, layout = checked.layers, checked.sources, checked.skipped, checked.layout
+    source_classes = checked.source_classes
     drop_background = source_classes == TF_CLASSES and options.num_classes == TF_CLASSES - 1
 
     tensors, mapped = {}, {}
@@ -195,7 +218,7 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
         else:
             produced = _logits_tensors(layer.torch_name, values, drop_background)
         for role, name in names.items():
-            mapped[sources[name]] = f"{layer.torch_name} ({role})"
+            mapped[sources[name]] = destination_label(layer, role)
         tensors.update(produced)
 
     # Accounting: exactly the target's keys, each with the target's shape.

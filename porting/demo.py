@@ -10,6 +10,8 @@ import contextlib
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from porting.convert import PortOptions
 from porting.parity import compare, torch_outputs
 from porting.registry import get_release
@@ -39,7 +41,6 @@ def synthetic_source(out: Path) -> Path:
 
 
 def main() -> int:
-    from porting.archives import is_archive, unpacked
     from porting.synthetic import SYNTHETIC_LABEL
 
     out = ROOT / "out" / "demo"
@@ -49,26 +50,36 @@ def main() -> int:
     if src is None:
         src = synthetic_source(out)
     stem = RELEASE if src.name.startswith(RELEASE) else f"synthetic_{RELEASE}"
+    return port_and_check(src, out / f"{stem}.pth", shown_as=f"{src}  [{label}]")
+
+
+def tf_slim_logits(src: Path, images) -> np.ndarray:
+    """TF-Slim's logits for ``images`` on the checkpoint at ``src`` (an archive is unpacked)."""
+    from porting.archives import is_archive, unpacked
+    from porting.sources import resolve_source
+    from porting.tfslim import TFSlimInceptionV3
+
     with (unpacked(src) if is_archive(src) else contextlib.nullcontext(src)) as checkpoint:
-        return port_and_check(checkpoint, out / f"{stem}.pth", shown_as=f"{src}  [{label}]")
+        tf_model = TFSlimInceptionV3.for_checkpoint(resolve_source(checkpoint).prefix)
+        try:
+            return tf_model(images)["Logits"]
+        finally:
+            tf_model.close()
 
 
 def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
     """Port ``src`` with the default options, then compare with TF-Slim on the photos."""
     from porting.photos import load_photos
     from porting.pipeline import port_checkpoint
-    from porting.tfslim import TFSlimInceptionV3
     from porting.weights import load_ported
 
     options = PortOptions()  # timm's layout: 1000 classes, aux head
-    result = port_checkpoint(src, dst, options, force=True)
+    result = port_checkpoint(src, dst, options, force=True)  # the manifest records the archive
     conversion = result.conversion
 
     names, images = load_photos()
-    tf_model = TFSlimInceptionV3(result.source.prefix, num_classes=conversion.source_classes)
     background = conversion.source_classes - options.num_classes  # 1 when row 0 was dropped
-    reference = tf_model(images)["Logits"][:, background:]
-    tf_model.close()
+    reference = tf_slim_logits(src, images)[:, background:]
     model = load_ported(result.written.path)  # the written file, as a user loads it
     parity = compare(torch_outputs(model, images, len(images))["Logits"], reference)
 

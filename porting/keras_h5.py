@@ -102,8 +102,12 @@ def _keras3_layers(path: Path, root) -> list[_KerasLayer]:
         if "name" not in variables.attrs:
             raise PortError(f"{path}: layers/{group_name} has no layer name (saved by an older "
                             "Keras 3), so its place in the network cannot be told")
+        name = _text(variables.attrs["name"])
+        if kind != "dense" and not _COUNTED_NAME.fullmatch(name):  # its counter orders it
+            raise PortError(f"{path}: layers/{group_name} is named {name!r}, not a layer of "
+                            "keras.applications.InceptionV3")
         weights = {role: variables[str(i)] for i, role in enumerate(roles)}
-        layers.append(_KerasLayer(_text(variables.attrs["name"]), kind, weights))
+        layers.append(_KerasLayer(name, kind, weights))
     return layers
 
 
@@ -128,7 +132,17 @@ class KerasReader:
             self._file = h5py.File(self.path, "r")
         except OSError as err:
             raise PortError(f"{self.path}: not an HDF5 file: {err}") from err
-        root = self._file
+        try:
+            self._index(self._file)
+        except BaseException as err:
+            self._file.close()
+            if isinstance(err, KeyError):  # a group or dataset the layout promises is missing
+                raise PortError(f"{self.path}: not a Keras InceptionV3 weights file: "
+                                f"missing {err}") from err
+            raise
+
+    def _index(self, root) -> None:
+        """Find every layer's weights and name them as TF-Slim's variables."""
         if "layers" in root:
             layers, fmt = _keras3_layers(self.path, root), KERAS3
         else:

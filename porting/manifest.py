@@ -164,12 +164,9 @@ def model_card(manifest: dict) -> str:
         "## Use",
         "",
         "```python",
-        "import torch",
-        "from models.inception_v3 import model_for_state_dict",
+        "from porting.weights import load_ported  # .pth with weights_only=True, or safetensors",
         "",
-        f"model = model_for_state_dict(torch.load(\"{output['file']}\"))"
-        if output["format"] == "pth" else
-        f"from safetensors.torch import load_file\nmodel = model_for_state_dict(load_file(\"{output['file']}\"))",
+        f"model = load_ported(\"{output['file']}\")",
         "logits = model(images)  # images: N x 3 x 299 x 299, preprocessed as above",
         "```",
         "",

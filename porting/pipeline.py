@@ -48,7 +48,8 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         source = source_record(src, checkpoint.source, hashed_files.result(), release,
                                conversion.source_classes)
     header = {"format": "pt", "model": "inception_v3 (models.inception_v3, TF-Slim exact)",
-              "source": Path(src).name, "options": options.describe()} \
+              "source": (archive or checkpoint.source.prefix).name,
+              "options": options.describe()} \
         if fmt == "safetensors" else None
     written = write_hashed(conversion.state_dict, dst, force=force, fmt=fmt, metadata=header)
 

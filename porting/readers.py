@@ -10,7 +10,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from porting.errors import PortError
+from porting.errors import PortError, first_line
 from porting.sources import CheckpointSource, resolve_source
 
 
@@ -38,11 +38,6 @@ class CheckpointReader(Protocol):
         """What the file itself calls variable ``name`` (readers may present other names)."""
 
 
-def _first_line(err: Exception) -> str:
-    text = str(getattr(err, "message", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 class TFReader:
     """TensorFlow's own reader (``tf.train.load_checkpoint``): the reference implementation."""
 
@@ -60,7 +55,7 @@ class TFReader:
             shapes = self._reader.get_variable_to_shape_map()
             dtypes = self._reader.get_variable_to_dtype_map()
         except self._errors as err:
-            raise PortError(f"{source.files[0]}: unreadable checkpoint index: {_first_line(err)}") from err
+            raise PortError(f"{source.files[0]}: unreadable checkpoint index: {first_line(err)}") from err
         self._variables = {
             name: VariableInfo(np.dtype(dtypes[name].as_numpy_dtype), tuple(int(d) for d in shape))
             for name, shape in sorted(shapes.items())
@@ -74,7 +69,7 @@ class TFReader:
             return np.asarray(self._reader.get_tensor(name))
         except self._errors as err:
             raise PortError(
-                f"{self.source.prefix}.data-*: cannot read {name}: {_first_line(err)}") from err
+                f"{self.source.prefix}.data-*: cannot read {name}: {first_line(err)}") from err
 
     def stored_name(self, name: str) -> str:
         return name

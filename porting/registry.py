@@ -53,7 +53,13 @@ def get_release(name: str) -> Release:
 
 
 def release_for(file_name: str) -> Release | None:
-    """The release whose archive or checkpoint is called ``file_name``, if any."""
+    """The release whose archive or checkpoint is called ``file_name``, if any.
+
+    The registry lives in the source tree (checkpoints/); where the package was installed
+    without it, ports still work and simply name no release.
+    """
+    if not REGISTRY_PATH.is_file():
+        return None
     for release in load_registry().values():
         if file_name in (release.archive, release.checkpoint):
             return release

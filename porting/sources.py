@@ -33,7 +33,7 @@ class CheckpointSource:
 
 def _v2_source(prefix: Path) -> CheckpointSource:
     index = Path(f"{prefix}.index")
-    shards = sorted(prefix.parent.glob(f"{prefix.name}.data-*-of-*"))
+    shards = sorted(prefix.parent.glob(f"{glob_escape(prefix.name)}.data-*-of-*"))
     shards = [s for s in shards if _DATA_RE.search(s.name)]
     if not shards:
         raise PortError(f"{index}: checkpoint has no data file ({prefix.name}.data-*-of-*)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from porting.errors import PortError
+from porting.errors import PortError, first_line
 from porting.name_map import AUX_SCOPE, CLASSIFIER, EMA_SUFFIX, TF_ROOT
 
 _LEGACY_LAYERS = ("base", "convolutional", "core", "normalization", "pooling", "variable_scope_shim")
@@ -41,8 +41,12 @@ def import_tensorflow():
     """TensorFlow, with its C++ start-up chatter (oneDNN, CUDA probing) silenced."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules:
-        with _stderr_to_devnull():
-            import tensorflow  # noqa: F401
+        try:
+            with _stderr_to_devnull():
+                import tensorflow  # noqa: F401
+        except ImportError as err:
+            raise PortError(f"this needs TensorFlow ({err}); install the reference stack: "
+                            "pip install 'tf-porting[tf]'") from err
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
@@ -53,15 +57,19 @@ def import_tf_slim():
     """(tf, slim, inception_v3 module), with the tf_keras module aliases in place."""
     tf = import_tensorflow()
 
-    legacy = importlib.import_module("tf_keras.src.legacy_tf_layers")
-    sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy)
-    for sub in _LEGACY_LAYERS:
-        module = importlib.import_module(f"tf_keras.src.legacy_tf_layers.{sub}")
-        sys.modules.setdefault(f"tf_keras.legacy_tf_layers.{sub}", module)
     # tf-keras's legacy layers warn on every use of the API tf_slim is built on.
     warnings.filterwarnings("ignore", message="`layer.apply` is deprecated")
-    import tf_slim as slim
-    from tf_slim.nets import inception_v3
+    try:
+        legacy = importlib.import_module("tf_keras.src.legacy_tf_layers")
+        sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy)
+        for sub in _LEGACY_LAYERS:
+            module = importlib.import_module(f"tf_keras.src.legacy_tf_layers.{sub}")
+            sys.modules.setdefault(f"tf_keras.legacy_tf_layers.{sub}", module)
+        import tf_slim as slim
+        from tf_slim.nets import inception_v3
+    except ImportError as err:
+        raise PortError(f"this needs tf-keras and TF-Slim ({err}); install the reference "
+                        "stack: pip install 'tf-porting[tf]'") from err
 
     return tf, slim, inception_v3
 
@@ -90,7 +98,10 @@ def _ema_source(name: str, stored: set[str]) -> str:
 def checkpoint_layout(checkpoint_prefix: str | Path) -> tuple[int, bool]:
     """(number of classes, has AuxLogits) of a TF-Slim Inception v3 checkpoint, from its index."""
     tf = import_tensorflow()
-    shapes = dict(tf.train.list_variables(str(checkpoint_prefix)))
+    try:
+        shapes = dict(tf.train.list_variables(str(checkpoint_prefix)))
+    except tf.errors.OpError as err:
+        raise PortError(f"{checkpoint_prefix}: TensorFlow cannot read it: {first_line(err)}") from err
     logits_bias = CLASSIFIER.variables()["bias"]
     if logits_bias not in shapes:
         raise PortError(f"{checkpoint_prefix}: not a TF-Slim Inception v3 checkpoint (no {logits_bias})")
@@ -117,7 +128,12 @@ class TFSlimInceptionV3:
             self.images = tf.compat.v1.placeholder(dtype, [None, 299, 299, 3], name="images")
             _, self.end_points = build_inception_v3(self.images, num_classes, aux)
             self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads))
-            self._restore(tf, str(checkpoint_prefix), ema)
+            try:
+                self._restore(tf, str(checkpoint_prefix), ema)
+            except tf.errors.OpError as err:
+                self.session.close()
+                raise PortError(f"{checkpoint_prefix}: TensorFlow cannot restore it: "
+                                f"{first_line(err)}") from err
 
     def _restore(self, tf, prefix: str, ema: bool):
         """Initialise every variable with its checkpoint value cast to the variable's dtype, in

@@ -15,11 +15,11 @@ def load_ported(path: str | Path) -> InceptionV3:
     ``.pth`` files load with ``weights_only=True`` (a weights file must never run code on load);
     ``.safetensors`` files with safetensors.
     """
+    from safetensors.torch import load_file
+
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state_dict = load_file(path)
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)

@@ -117,8 +117,9 @@ def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "p
     the file name) and hashed on the way: no second copy of the weights in memory.
     """
     dst = Path(dst)
-    if fmt == "safetensors":
-        dst = dst.with_suffix(FORMATS[fmt])
+    if dst.suffix not in ("", *FORMATS.values()):  # a .json or .md name would meet its sidecar
+        raise PortError(f"{dst}: output name must end in {FORMATS[fmt]}")
+    dst = dst.with_suffix(FORMATS[fmt])
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         with _staged(dst) as (f, tmp):

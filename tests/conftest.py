@@ -85,3 +85,27 @@ def checkpoints(tmp_path_factory, tf):
     from dtype_checkpoints import write_checkpoints
 
     return write_checkpoints(tf, tmp_path_factory.mktemp("native"))
+
+
+@pytest.fixture(scope="session")
+def tensors(synthetic_ckpt):
+    """Every variable of the synthetic checkpoint, as TensorFlow reads it."""
+    from ckpt_tools import read_all
+
+    return read_all(synthetic_ckpt)
+
+
+@pytest.fixture(scope="session")
+def variant(tensors, tmp_path_factory):
+    """variant(name, edit) -> prefix of a copy of the synthetic checkpoint changed by ``edit``."""
+    from ckpt_tools import write_checkpoint
+
+    root = tmp_path_factory.mktemp("variants")
+    made = {}
+
+    def make(name, edit):
+        if name not in made:
+            made[name] = write_checkpoint(root / name / "model.ckpt", edit(dict(tensors)))
+        return made[name]
+
+    return make

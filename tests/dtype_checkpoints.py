@@ -52,11 +52,6 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.tobytes() == b.tobytes()
 
 
-def tf_values(tf, prefix) -> dict[str, np.ndarray]:
-    reader = tf.train.load_checkpoint(str(prefix))
-    return {n: reader.get_tensor(n) for n in sorted(reader.get_variable_to_shape_map())}
-
-
 def write_checkpoints(tf, root: Path) -> dict[str, Path]:
     """Every flavour, from one session so that all hold the same values."""
     paths = {}

@@ -75,6 +75,28 @@ def test_src_spellings(synthetic_ckpt, tmp_path):
         assert result.exit_code == 0, result.output
 
 
+def test_prefix_with_glob_characters(ckpt_copy, tmp_path):
+    for f in ckpt_copy.parent.glob(ckpt_copy.name + ".*"):
+        f.rename(f.with_name(f.name.replace(ckpt_copy.name, "m[1].ckpt")))
+    result = run("--src", ckpt_copy.parent / "m[1].ckpt", "--dst", tmp_path / "x.pth")
+    assert result.exit_code == 0, result.output
+
+
+def test_output_name_must_not_collide_with_the_sidecars(synthetic_ckpt, tmp_path):
+    for name in ("x.json", "x.md"):
+        assert_clean_error(run("--src", synthetic_ckpt, "--dst", tmp_path / name),
+                           tmp_path / name, "must end in .pth")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_bytes_do_not_depend_on_how_src_is_spelled(synthetic_ckpt, tmp_path):
+    for folder, src in (("a", synthetic_ckpt), ("b", synthetic_ckpt.parent)):
+        result = run("--src", src, "--dst", tmp_path / folder / "m.pth", "--format", "safetensors")
+        assert result.exit_code == 0, result.output
+    [a], [b] = (tmp_path / "a").glob("*.safetensors"), (tmp_path / "b").glob("*.safetensors")
+    assert a.name == b.name and a.read_bytes() == b.read_bytes()
+
+
 def test_folder_with_two_checkpoints_is_ambiguous(ckpt_copy):
     for f in ckpt_copy.parent.glob(ckpt_copy.name + ".*"):
         shutil.copy(f, f.with_name(f.name.replace(ckpt_copy.name, "other.ckpt")))

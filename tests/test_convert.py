@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ckpt_tools import read_all, write_checkpoint
+from ckpt_tools import read_all
 from models import model_for_state_dict
 from porting.convert import PortOptions, convert
 from porting.errors import PortError
@@ -12,25 +12,6 @@ from porting.parity import compare, torch_outputs
 from porting.readers import open_reader
 
 AUX_PREFIX = "InceptionV3/AuxLogits/"
-
-
-@pytest.fixture(scope="session")
-def tensors(synthetic_ckpt):
-    return read_all(synthetic_ckpt)
-
-
-@pytest.fixture(scope="session")
-def variant(tensors, tmp_path_factory):
-    """variant(name, edit) -> prefix of a copy of the synthetic checkpoint changed by ``edit``."""
-    root = tmp_path_factory.mktemp("variants")
-    made = {}
-
-    def make(name, edit):
-        if name not in made:
-            made[name] = write_checkpoint(root / name / "model.ckpt", edit(dict(tensors)))
-        return made[name]
-
-    return make
 
 
 def _port(prefix, **options):

@@ -41,3 +41,18 @@ def test_inspect_of_garbage_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and result.output.startswith(f"error: {path}")
+
+
+def test_inspect_reports_the_shape_check_port_would_fail(variant):
+    name = "InceptionV3/Mixed_6c/Branch_2/Conv2d_0b_7x1/weights"
+
+    def transposed(tensors):
+        tensors[name] = tensors[name].transpose(1, 0, 2, 3).copy()
+        return tensors
+
+    result = CliRunner().invoke(main, ["inspect", str(variant("inspect_transposed", transposed))])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if line.startswith(name + " "))
+    assert "Mixed_6c.branch7x7dbl_2 (weight)" in row  # where it would go ...
+    assert "port     would fail: " in result.output  # ... and why it cannot
+    assert f"{name} has shape [1, 7, 160, 160], expected [7, 1, 160, 160]" in result.output

@@ -67,7 +67,9 @@ def test_the_blocker_really_blocks_tensorflow(synthetic_ckpt, tmp_path):
     run = subprocess.run([sys.executable, "-c", NO_TF_CLI, "port", "--reader", "tf", "--src",
                           str(synthetic_ckpt), "--dst", str(tmp_path / "x.pth")],
                          capture_output=True, text=True, timeout=300)
-    assert run.returncode != 0 and "blocked in this test" in run.stderr
+    assert run.returncode == 1 and "blocked in this test" in run.stderr
+    [line] = run.stderr.strip().splitlines()  # one clear line: what is missing, how to get it
+    assert line.startswith("error: this needs TensorFlow") and "tf-porting[tf]" in line
 
 
 def test_v1_copy_ports_to_the_same_bytes(v1_copy, tf_ported, tmp_path):

@@ -5,7 +5,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dtype_checkpoints import PARTITIONED, V1_UNSUPPORTED, VALUES, same, tf_values
+from ckpt_tools import read_all
+from dtype_checkpoints import PARTITIONED, V1_UNSUPPORTED, VALUES, same
 
 from porting.errors import PortError
 from porting.readers import open_reader
@@ -16,7 +17,7 @@ from porting.sstable import FOOTER_SIZE, read_varint
 @pytest.fixture(scope="session")
 def expected(tf, checkpoints):
     """Every value as TensorFlow reads it from the V2 checkpoint."""
-    return tf_values(tf, checkpoints["v2"])
+    return read_all(checkpoints["v2"])
 
 
 def test_snappy_copies_really_are_snappy(checkpoints):
@@ -39,7 +40,7 @@ def test_the_checkpoints_hold_what_tensorflow_saved(expected):
 def test_v2_is_bit_identical_to_tensorflow(tf, checkpoints, flavour):
     reader = open_reader(checkpoints[flavour], "native")
     assert reader.source.format == V2
-    reference = tf_values(tf, checkpoints[flavour])
+    reference = read_all(checkpoints[flavour])
     assert list(reader.variables()) == sorted(reference)
     for name, value in reference.items():
         got = reader.read(name)
