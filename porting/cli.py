@@ -73,6 +73,12 @@ def _reader_choice():
     return click.Choice(sorted(READERS))
 
 
+def _preprocess_choice():
+    from porting.preprocess import METHODS
+
+    return click.Choice(METHODS)
+
+
 @main.command()
 @click.option("--src", required=True, metavar="CKPT",
               help="Checkpoint prefix, its .index or .data-* file, a folder holding one checkpoint, "
@@ -174,17 +180,23 @@ def inspect(src, no_aux, ema, reader):
     Reads the index only. Shows the format, every variable (dtype, shape, bytes) with its
     PyTorch layer or the reason it is skipped, and whether `port` would accept it.
     """
-    from porting.convert import PortOptions, plan_variables
+    from porting.convert import PortOptions, destination_label, plan, plan_variables
     from porting.readers import open_reader
 
     checkpoint = open_reader(src, reader)
     variables = checkpoint.variables()
+    options = PortOptions(aux=not no_aux, ema=ema)
+    verdict = None
     try:
-        layers, sources, skipped = plan_variables(checkpoint, PortOptions(aux=not no_aux, ema=ema))
-        verdict = None
+        layers, sources, skipped = plan_variables(checkpoint, options)
     except PortError as err:  # still worth listing what is there
         layers, sources, skipped, verdict = [], {}, {}, str(err)
-    destination = {sources[name]: f"{layer.torch_name} ({role})"
+    else:
+        try:  # shapes, dtypes and classes: what `port` checks next, from the index alone
+            plan(checkpoint, options)
+        except PortError as err:
+            verdict = str(err)
+    destination = {sources[name]: destination_label(layer, role)
                    for layer in layers for role, name in layer.variables().items()}
 
     def place(name: str) -> str:
@@ -261,10 +273,10 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
 
     Exit 0 when every check passes, 1 with a one-line verdict when one fails.
     """
-    import json
     from pathlib import Path
 
-    from porting.verify import VerifyRequest, run
+    from porting.manifest import write_json
+    from porting.verify import UsageProblem, VerifyRequest, run
 
     def path(value):
         return None if value is None else Path(value)
@@ -273,16 +285,22 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
         weights=path(weights), src=path(src), goldens=path(goldens), images_dir=path(images_dir),
         image_count=count, float64=float64, gradients=gradients, label=label, ema=ema,
         record_goldens=path(record_goldens))
+    try:
+        request.check()
+    except UsageProblem as err:
+        raise click.UsageError(str(err)) from err
     report = run(request, progress=_progress_line)
     if report.end_points:
         click.echo("\n".join(report.table()))
     if report.goldens_written:
         click.echo(f"goldens  {report.goldens_written}")
+    if report.manifest:
+        outcome = "passed" if report.end_points["Logits"].passed else "FAILED"
+        click.echo(f"manifest {report.manifest} (Logits parity recorded: {outcome})")
+    elif report.manifest_skipped:
+        click.echo(f"manifest not updated: {report.manifest_skipped}")
     if json_path:
-        try:
-            Path(json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        except OSError as err:
-            raise PortError(f"{json_path}: cannot write report: {err.strerror or err}") from err
+        write_json(Path(json_path), report.to_json())  # atomic; PortError naming the file
     if not report.passed:
         click.echo(report.verdict(), err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -298,7 +316,7 @@ def _progress_line(phase: str, done: int, total: int) -> None:
 @main.command()
 @click.argument("weights", metavar="FILE", type=click.Path(dir_okay=False))
 @click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--preprocess", type=click.Choice(["tf-slim", "timm"]), default="tf-slim",
+@click.option("--preprocess", type=_preprocess_choice(), default="tf-slim",
               show_default=True,
               help="tf-slim: central crop 87.5% and TF1 bilinear resize (what the TF model was "
                    "evaluated with); timm: bicubic resize to 341, centre crop 299.")

@@ -11,6 +11,7 @@ import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from porting.writer import sha256_file
 
 CHUNK = 1 << 20
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
+_CONTROL_OR_SPACE_RE = re.compile("[\x00-\x20\x7f]")
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,30 @@ class _Progress:
         self.stream.flush()
 
 
-def _open(url: str, offset: int, timeout: float):
-    request = urllib.request.Request(url, headers={"User-Agent": "port-weights"})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
+def _invalid_url(url: str) -> PortError:
+    shown = url if url.isprintable() else repr(url)  # one line, whatever the URL holds
+    return PortError(f"{shown}: not a valid URL")
+
+
+def _request(url: str) -> urllib.request.Request:
+    """The GET request for ``url``; PortError if it is not a URL urllib can fetch."""
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": "port-weights"})
+        _ = urllib.parse.urlsplit(url).port  # a port that is no number raises
+    except ValueError as err:  # "unknown url type", "Invalid IPv6 URL", "Port could not be cast"
+        raise _invalid_url(url) from err
+    if request.type not in ("file", "data") and not request.host:  # "http://", "ftp:///x"
+        raise _invalid_url(url)
+    if _CONTROL_OR_SPACE_RE.search(url):  # what http.client refuses (InvalidURL)
+        raise _invalid_url(url)
+    return request
+
+
+def _open(url: str, offset: int, timeout: float):
+    try:
+        request = _request(url)
+        if offset:
+            request.add_header("Range", f"bytes={offset}-")
         return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416:  # the .part is not a prefix we can extend: start again
@@ -68,8 +89,11 @@ def _open(url: str, offset: int, timeout: float):
         if err.code >= 500 or err.code in (408, 429):
             raise _Retryable(f"HTTP {err.code} {err.reason}") from err
         raise PortError(f"{url}: HTTP {err.code} {err.reason}") from err
-    except (urllib.error.URLError, OSError) as err:
-        raise _Retryable(str(getattr(err, "reason", err))) from err
+    except (ValueError, http.client.InvalidURL) as err:  # bad port, control characters, ...
+        raise _invalid_url(url) from err
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        # network trouble, or a malformed answer (BadStatusLine, RemoteDisconnected, ...)
+        raise _Retryable(str(getattr(err, "reason", None) or err or type(err).__name__)) from err
 
 
 def _transfer(url: str, part: Path, timeout: float, progress: _Progress) -> None:
@@ -124,6 +148,7 @@ def download(url: str, dest: Path, expected_sha256: str | None = None, *, retrie
                             f"{expected}; delete it to download again")
         return Fetched(dest, digest, verified=bool(expected), unchanged=True)
 
+    _request(url)  # a malformed URL is refused before anything is created
     part = dest.with_name(dest.name + ".part")
     progress = _Progress(dest.name, stream)
     for attempt in range(retries + 1):

@@ -40,7 +40,7 @@ class SourceInfo:
 
 class GoldenRecorder:
     """Writes a golden file as TF's end points arrive, batch by batch; the file appears (by an
-    atomic rename) only once every image is in."""
+    atomic rename) only once every image is in. On any failure the temporary file is removed."""
 
     def __init__(self, path: str | Path, inputs: np.ndarray, names: list[str], source: SourceInfo):
         import h5py
@@ -53,14 +53,24 @@ class GoldenRecorder:
             raise PortError(f"{self.path}: cannot write: {err.strerror or err}") from err
         os.close(fd)
         self._tmp = Path(tmp)
-        self._file = h5py.File(self._tmp, "w")
-        self._file.attrs.update({"format": FORMAT, "checkpoint": source.checkpoint,
-                                 "checkpoint_sha256": json.dumps(source.sha256),
-                                 "num_classes": source.num_classes, "aux": source.aux,
-                                 "ema": source.ema, "dtype": source.dtype, **_versions()})
-        self._dataset("inputs", inputs.shape, inputs.dtype)[...] = inputs
-        self._file["image_names"] = np.array(names, dtype=h5py.string_dtype())
+        self._file = None
+        try:
+            self._file = h5py.File(self._tmp, "w")
+            self._file.attrs.update({"format": FORMAT, "checkpoint": source.checkpoint,
+                                     "checkpoint_sha256": json.dumps(source.sha256),
+                                     "num_classes": source.num_classes, "aux": source.aux,
+                                     "ema": source.ema, "dtype": source.dtype, **_versions()})
+            self._dataset("inputs", inputs.shape, inputs.dtype)[...] = inputs
+            self._file["image_names"] = np.array(names, dtype=h5py.string_dtype())
+        except BaseException as err:
+            self.abandon()
+            if isinstance(err, OSError):  # disk full, no permission: h5py's errors are OSErrors
+                raise self._cannot_write(err) from err
+            raise
         self._count = len(inputs)
+
+    def _cannot_write(self, err: OSError) -> PortError:
+        return PortError(f"{self.path}: cannot write: {err.strerror or err}")
 
     def _dataset(self, name: str, shape: tuple, dtype):
         return self._file.create_dataset(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]),
@@ -70,23 +80,37 @@ class GoldenRecorder:
         """``reference``, storing everything it returns."""
         def record(start: int, stop: int) -> dict:
             outputs = reference(start, stop)
-            for name, value in outputs.items():
-                key = f"end_points/{name}"
-                if key not in self._file:
-                    self._dataset(key, (self._count, *value.shape[1:]), value.dtype)
-                self._file[key][start:stop] = value
+            try:
+                for name, value in outputs.items():
+                    key = f"end_points/{name}"
+                    if key not in self._file:
+                        self._dataset(key, (self._count, *value.shape[1:]), value.dtype)
+                    self._file[key][start:stop] = value
+            except OSError as err:  # the caller abandons the recording
+                raise self._cannot_write(err) from err
             return outputs
         return record
 
     def finish(self) -> Path:
-        self._file.close()
-        os.chmod(self._tmp, 0o644)  # mkstemp made it private
-        os.replace(self._tmp, self.path)
+        """Close the file and move it into place; PortError (the temporary file removed) if
+        that fails."""
+        try:
+            self._file.close()
+            os.chmod(self._tmp, 0o644)  # mkstemp made it private
+            os.replace(self._tmp, self.path)
+        except OSError as err:
+            self._tmp.unlink(missing_ok=True)
+            raise self._cannot_write(err) from err
         return self.path
 
     def abandon(self) -> None:
-        self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            if self._file is not None:
+                self._file.close()
+        except OSError:
+            pass  # the file is going anyway
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
 
 def _versions() -> dict[str, str]:
@@ -96,6 +120,10 @@ def _versions() -> dict[str, str]:
     import tensorflow as tf
 
     return {"tensorflow": tf.__version__, "tf_slim": version("tf-slim")}
+
+
+_ATTRS = ("checkpoint", "checkpoint_sha256", "num_classes", "aux", "ema", "dtype")
+_DATASETS = ("inputs", "image_names", "end_points")
 
 
 class Goldens:
@@ -111,10 +139,24 @@ class Goldens:
             raise PortError(f"{self.path}: no such golden file") from err
         except OSError as err:
             raise PortError(f"{self.path}: not an HDF5 golden file") from err
-        attrs = self._file.attrs
-        if attrs.get("format") != FORMAT or "end_points" not in self._file:
+        try:
+            self._read()
+        except BaseException as err:
             self._file.close()
+            if isinstance(err, (KeyError, ValueError, TypeError, OSError)):  # damaged or foreign
+                reason = (str(err).strip().splitlines() or [""])[0]
+                raise PortError(f"{self.path}: not a readable golden file "
+                                f"({type(err).__name__}: {reason})") from err
+            raise
+
+    def _read(self) -> None:
+        attrs = self._file.attrs
+        if attrs.get("format") != FORMAT:
             raise PortError(f"{self.path}: not a golden file of this tool (format {FORMAT})")
+        missing = [f"attribute {name!r}" for name in _ATTRS if name not in attrs] + \
+            [f"dataset {name!r}" for name in _DATASETS if name not in self._file]
+        if missing:
+            raise PortError(f"{self.path}: incomplete golden file: no {', '.join(missing)}")
         self.source = SourceInfo(str(attrs["checkpoint"]), json.loads(attrs["checkpoint_sha256"]),
                                  int(attrs["num_classes"]), bool(attrs["aux"]), bool(attrs["ema"]),
                                  str(attrs["dtype"]))

@@ -56,11 +56,16 @@ def fgsm(images: np.ndarray, gradient: np.ndarray, epsilon: float = FGSM_EPSILON
 
 def torch_loss_gradient(model: torch.nn.Module, images_nhwc: np.ndarray,
                         labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, d loss / d images NHWC) for the summed softmax cross-entropy of ``labels``."""
+    """(logits, d loss / d images NHWC) for the summed softmax cross-entropy of ``labels``.
+
+    Only the input gradient is computed: the parameters' gradients (~27M numbers) are neither
+    computed nor accumulated into their ``.grad``."""
     x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).requires_grad_(True)
-    logits = model(x)
-    F.cross_entropy(logits, torch.from_numpy(labels), reduction="sum").backward()
-    return logits.detach().numpy(), x.grad.permute(0, 2, 3, 1).numpy()
+    with torch.enable_grad():
+        logits = model(x)
+        loss = F.cross_entropy(logits, torch.from_numpy(labels), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return logits.detach().numpy(), grad.permute(0, 2, 3, 1).numpy()
 
 
 def _torch_top1(model, images_nhwc: np.ndarray) -> np.ndarray:

@@ -10,6 +10,8 @@ fails is where the port went wrong.
 from __future__ import annotations
 
 import functools
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,6 +48,8 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)  # end point -> why not compared
     gradients: GradientParity | None = None
     goldens_written: Path | None = None
+    manifest: Path | None = None          # the weights' manifest, Logits parity recorded in it
+    manifest_skipped: str | None = None   # why a manifest beside the weights was left alone
 
     @property
     def first_divergence(self) -> str | None:
@@ -90,7 +94,9 @@ class Report:
         return lines
 
     def to_json(self) -> dict:
-        return {
+        """The report as JSON-ready data; non-finite numbers (an infinite relative error) are
+        null, since JSON has no Infinity or NaN."""
+        return _finite_or_null({
             "passed": self.passed,
             "verdict": self.verdict(),
             "first_divergence": self.first_divergence,
@@ -111,7 +117,18 @@ class Report:
                 **{k: getattr(self.gradients, k) for k in self.gradients.__dataclass_fields__},
                 "passed": self.gradients.passed},
             "goldens_written": None if self.goldens_written is None else str(self.goldens_written),
-        }
+            "manifest": None if self.manifest is None else str(self.manifest),
+        })
+
+
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def compare_end_points(model: torch.nn.Module, images: np.ndarray, reference: Reference, *,
@@ -147,6 +164,10 @@ def first_class_for(weights: Path, model, source: SourceInfo) -> int:
                     f"{source.checkpoint} ({source.num_classes} classes)")
 
 
+class UsageProblem(PortError):
+    """A request that cannot make sense whatever the files hold (the CLI's usage error)."""
+
+
 @dataclass(frozen=True)
 class VerifyRequest:
     weights: Path | None = None
@@ -160,6 +181,18 @@ class VerifyRequest:
     ema: bool = False
     record_goldens: Path | None = None
     batch_size: int = 2
+
+    def check(self) -> None:
+        """UsageProblem if the options contradict each other or ask for nothing."""
+        if (self.src is None) == (self.goldens is None):
+            raise UsageProblem("give the reference: --src CHECKPOINT or --goldens FILE.h5 "
+                               "(one of them)")
+        if self.goldens is not None and (self.gradients or self.record_goldens):
+            raise UsageProblem("--gradients and --record-goldens need TensorFlow and the "
+                               "checkpoint (--src), not --goldens")
+        if self.weights is None and self.record_goldens is None:
+            raise UsageProblem("nothing to do: give --weights FILE to verify, or "
+                               "--record-goldens FILE.h5")
 
 
 def _checkpoint_source(request: VerifyRequest, dtype: str):
@@ -180,13 +213,7 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
     """Verify ``request.weights`` (and/or record goldens) as the CLI's ``verify`` describes."""
     from porting.photos import load_photos
 
-    if (request.src is None) == (request.goldens is None):
-        raise PortError("give the reference: --src CHECKPOINT or --goldens FILE.h5 (one of them)")
-    if request.goldens is not None and (request.gradients or request.record_goldens):
-        raise PortError(f"{request.goldens}: --gradients and --record-goldens need TensorFlow "
-                        "and the checkpoint (--src)")
-    if request.weights is None and request.record_goldens is None:
-        raise PortError("nothing to do: give --weights FILE to verify, or --record-goldens FILE.h5")
+    request.check()
     dtype = "float64" if request.float64 else "float32"
     model = None
     if request.weights is not None:
@@ -250,6 +277,9 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
         if recorder is not None:
             report.goldens_written = recorder.finish()
             recorder = None
+        if model is not None:
+            report.manifest, report.manifest_skipped = record_manifest_parity(request.weights,
+                                                                              report)
         return report
     finally:
         if recorder is not None:
@@ -261,3 +291,30 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
 
 def _tf_end_points(tf_model, images: np.ndarray, start: int, stop: int) -> dict:
     return tf_model(images[start:stop], END_POINTS)
+
+
+def record_manifest_parity(weights: Path, report: Report) -> tuple[Path | None, str | None]:
+    """Record the report's Logits parity, passed or failed, in the manifest ``port`` wrote
+    beside ``weights`` (and refresh its model card, if there is one).
+
+    Returns (manifest updated, None), or (None, why a file there was left alone), or
+    (None, None) when there is no manifest. A manifest that describes another file (the
+    weights were replaced or edited after porting) is left alone."""
+    from porting.manifest import model_card, record_parity, sidecar, write_text
+    from porting.writer import sha256_file
+
+    path = sidecar(weights, ".json")
+    if not path.is_file():
+        return None, None
+    try:
+        described = json.loads(path.read_text())["output"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"{path} is not a readable manifest ({type(err).__name__})"
+    if described != sha256_file(weights):
+        return None, f"{path} describes another file (sha256 {str(described)[:12]}...)"
+    manifest = record_parity(path, report.end_points["Logits"],
+                             f"{report.reference} ({report.dtype})")
+    card = sidecar(weights, ".md")
+    if card.is_file():
+        write_text(card, model_card(manifest))
+    return path, None

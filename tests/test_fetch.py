@@ -25,6 +25,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
+        if self.path in server.garbage_once:  # not HTTP at all: http.client's BadStatusLine
+            server.garbage_once.discard(self.path)
+            self.wfile.write(b"garbage\r\n\r\n")
+            self.close_connection = True
+            return
         body = server.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -52,7 +57,7 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files = {f"/{ARCHIVE}": PAYLOAD}
-    httpd.requests, httpd.cut_once = [], set()
+    httpd.requests, httpd.cut_once, httpd.garbage_once = [], set(), set()
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/{ARCHIVE}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -135,6 +140,25 @@ def test_http_error_is_one_line_and_leaves_nothing(server, tmp_path):
     assert result.stderr.startswith("error: http://127.0.0.1:") and "HTTP 404" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://", "ftp:///x", "http://a b/x.tar.gz",
+                                 "http://127.0.0.1:port/x", "http://[::1/x", "http://a\nb/x"])
+def test_malformed_url_is_one_line_and_creates_nothing(tmp_path, url):
+    dest = tmp_path / "new"
+    result = fetch("--dest", str(dest), "--url", url)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.endswith(": not a valid URL\n") and result.stderr.startswith("error: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert not dest.exists()
+
+
+def test_malformed_http_answer_is_retried(server, tmp_path):
+    server.garbage_once.add(f"/{ARCHIVE}")
+    result = fetch("--dest", str(tmp_path), "--url", server.url, "--sha256", DIGEST)
+    assert result.exit_code == 0, result.output
+    assert "retrying" in result.stderr
+    assert (tmp_path / ARCHIVE).read_bytes() == PAYLOAD
 
 
 def test_existing_file_is_checked_not_downloaded_again(server, tmp_path):

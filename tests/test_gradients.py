@@ -78,3 +78,20 @@ def test_gradients_catch_a_wrong_port(ported_files, tf_model, photos):
                              relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
     print(parity)
     assert parity.relative_error > FLOAT32_RELATIVE_TOLERANCE
+
+
+def test_torch_gradient_is_the_input_gradient_only(ported_files, photos):
+    import torch
+    import torch.nn.functional as F
+
+    from porting.gradients import torch_loss_gradient
+
+    model = load_ported(ported_files["1000"])
+    images, labels = photos[1][:1], np.array([3])
+    logits, gradient = torch_loss_gradient(model, images, labels)
+    assert all(p.grad is None for p in model.parameters())  # nothing computed or accumulated
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).requires_grad_(True)  # the full backward
+    F.cross_entropy(model(x), torch.from_numpy(labels), reduction="sum").backward()
+    np.testing.assert_array_equal(gradient, x.grad.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(logits, model(x).detach().numpy())

@@ -87,3 +87,14 @@ def test_predict_names_an_unreadable_image(ported_files, tmp_path):
     result = CliRunner().invoke(main, ["predict", str(ported_files["1000"]), str(junk)])
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {junk}: cannot read image")
+
+
+def test_predict_offers_exactly_the_preprocessing_methods(ported_files):
+    from porting.preprocess import METHODS
+
+    option = next(p for p in main.commands["predict"].params if p.name == "preprocess")
+    assert tuple(option.type.choices) == METHODS
+    image = str(photo_dir() / "chelsea.png")
+    result = CliRunner().invoke(main, ["predict", "--preprocess", "bogus",
+                                       str(ported_files["1000"]), image])
+    assert result.exit_code == 2 and "'tf-slim', 'timm'" in result.stderr

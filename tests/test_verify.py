@@ -198,3 +198,172 @@ def test_bad_goldens_give_one_line_naming_the_file(tmp_path, ported_files):
                                        "--weights", str(ported_files["1000"])])
     assert result.exit_code == 1
     assert result.output.strip() == f"error: {junk}: not an HDF5 golden file"
+
+
+def test_verify_records_parity_in_the_manifest(goldens, ported_files):
+    from porting.manifest import sidecar
+
+    result = goldens[0]
+    manifest_path = sidecar(ported_files["1000"], ".json")
+    assert f"manifest {manifest_path} (Logits parity recorded: passed)" in result.output
+    assert goldens[2]["manifest"] == str(manifest_path)
+    parity = json.loads(manifest_path.read_text())["parity"]
+    assert parity["passed"] is True and parity["images"] == 1 and parity["top1_agree"] == 1
+    assert parity["reference"].startswith("TF-Slim on ") and parity["reference"].endswith("(float32)")
+
+
+def _with_manifest(weights, manifest_from, sha256=None):
+    """Put ``manifest_from``'s manifest beside ``weights`` (its output sha256 replaced)."""
+    from porting.manifest import sidecar
+    from porting.writer import sha256_file
+
+    manifest = json.loads(sidecar(manifest_from, ".json").read_text())
+    manifest["output"]["sha256"] = sha256 or sha256_file(weights)
+    path = sidecar(weights, ".json")
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def test_failing_verify_records_the_failure_in_the_manifest_and_card(goldens, ported_files,
+                                                                     tmp_path):
+    def edit(sd):
+        sd["fc.weight"] *= 1.01
+
+    bad = _sabotaged(ported_files["1000"], tmp_path, edit)
+    manifest_path = _with_manifest(bad, ported_files["1000"])
+    card = bad.with_suffix(".md")
+    card.write_text("old card\n")
+    result = CliRunner().invoke(main, ["verify", "--goldens", str(goldens[1]),
+                                       "--weights", str(bad)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("FAIL: first divergence at Logits")
+    assert f"manifest {manifest_path} (Logits parity recorded: FAILED)" in result.stdout
+    parity = json.loads(manifest_path.read_text())["parity"]
+    assert parity["passed"] is False and parity["reference"] == f"goldens {goldens[1]} (float32)"
+    assert "| Parity | max abs logit diff" in card.read_text()
+
+
+def test_manifest_of_another_file_is_left_alone(goldens, ported_files, tmp_path):
+    weights = tmp_path / "copy.pth"
+    weights.write_bytes(ported_files["1000"].read_bytes())
+    manifest_path = _with_manifest(weights, ported_files["1000"], sha256="ab" * 32)
+    before = manifest_path.read_text()
+    result = CliRunner().invoke(main, ["verify", "--goldens", str(goldens[1]),
+                                       "--weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert f"manifest not updated: {manifest_path} describes another file" in result.stdout
+    assert manifest_path.read_text() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give the reference"),
+    (["--src", "x.ckpt", "--goldens", "g.h5", "--weights", "w.pth"], "give the reference"),
+    (["--goldens", "g.h5"], "nothing to do"),
+    (["--goldens", "g.h5", "--weights", "w.pth", "--gradients"], "need TensorFlow"),
+])
+def test_contradictory_or_empty_requests_are_usage_errors(args, message):
+    result = CliRunner().invoke(main, ["verify", *args])
+    assert result.exit_code == 2, result.output
+    assert "Usage:" in result.stderr and message in result.stderr
+
+
+def _fake_report(monkeypatch):
+    """Make the CLI's verify return a report with an infinite gradient error, running nothing."""
+    import porting.verify
+    from porting.gradients import GradientParity
+    from porting.parity import Parity
+
+    report = porting.verify.Report(
+        "w.pth", "goldens g.h5", ["a.png"], "float32",
+        end_points={"Logits": Parity(0.0, 1.0, 1e-4, 1, 1, 1)},
+        gradients=GradientParity(float("inf"), 0.1, float("nan"), 1, 1, 0, 1))
+    monkeypatch.setattr(porting.verify, "run", lambda request, progress=None: report)
+
+
+def test_json_report_is_strict_json_with_null_for_non_finite_numbers(monkeypatch, tmp_path):
+    _fake_report(monkeypatch)
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["verify", "--goldens", "g.h5", "--weights", "w.pth",
+                                       "--json", str(out)])
+    assert result.exit_code == 1 and result.stderr.startswith("FAIL: end points agree")
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    report = json.loads(out.read_text(), parse_constant=refuse)
+    assert report["gradients"]["relative_error"] is None
+    assert report["gradients"]["sign_agreement"] is None
+    assert report["end_points"]["Logits"]["relative_error"] == 0.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary left
+
+
+def test_unwritable_json_report_is_one_line(monkeypatch, tmp_path):
+    _fake_report(monkeypatch)
+    out = tmp_path / "no_such_dir" / "report.json"
+    result = CliRunner().invoke(main, ["verify", "--goldens", "g.h5", "--weights", "w.pth",
+                                       "--json", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {out}: cannot write")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def _source_info():
+    from porting.goldens import SourceInfo
+
+    return SourceInfo("ckpt", {"ckpt.index": "0" * 64}, 1001, True, False, "float32")
+
+
+def test_recorder_failing_to_start_leaves_nothing(monkeypatch, tmp_path):
+    import numpy as np
+
+    from porting import goldens as goldens_module
+    from porting.errors import PortError
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(goldens_module, "_versions", lambda: {})
+    monkeypatch.setattr(goldens_module.GoldenRecorder, "_dataset", disk_full)
+    path = tmp_path / "goldens.h5"
+    with pytest.raises(PortError, match=f"^{path}: cannot write: No space left on device$"):
+        goldens_module.GoldenRecorder(path, np.zeros((1, 2, 2, 3), np.float32), ["a"],
+                                      _source_info())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recorder_failing_to_finish_leaves_nothing(monkeypatch, tmp_path):
+    import numpy as np
+
+    from porting import goldens as goldens_module
+    from porting.errors import PortError
+
+    monkeypatch.setattr(goldens_module, "_versions", lambda: {})
+    path = tmp_path / "goldens.h5"
+    path.mkdir()  # the rename into place fails
+    recorder = goldens_module.GoldenRecorder(path, np.zeros((1, 2, 2, 3), np.float32), ["a"],
+                                             _source_info())
+    with pytest.raises(PortError, match=f"^{path}: cannot write: "):
+        recorder.finish()
+    assert list(tmp_path.iterdir()) == [path] and list(path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f.attrs.__delitem__("checkpoint"), "incomplete golden file: no attribute 'checkpoint'"),
+    (lambda f: f.__delitem__("inputs"), "incomplete golden file: no dataset 'inputs'"),
+    (lambda f: f.attrs.__setitem__("checkpoint_sha256", "{not json"),
+     "not a readable golden file (JSONDecodeError: "),
+])
+def test_damaged_goldens_give_one_line_and_are_closed(goldens, ported_files, tmp_path, damage,
+                                                       message):
+    import h5py
+
+    damaged = tmp_path / "damaged.h5"
+    damaged.write_bytes(goldens[1].read_bytes())
+    with h5py.File(damaged, "a") as f:
+        damage(f)
+    result = CliRunner().invoke(main, ["verify", "--goldens", str(damaged),
+                                       "--weights", str(ported_files["1000"])])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {damaged}: {message}"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    h5py.File(damaged, "w").close()  # not left open (h5py refuses to truncate an open file)
