@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from porting.errors import PortError
+from porting.writer import move_into_place, temporary_beside
 
 FORMAT = "tf-porting-goldens/1"
 
@@ -47,12 +47,10 @@ class GoldenRecorder:
 
         self.path = Path(path)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                       dir=self.path.parent)
+            fd, self._tmp = temporary_beside(self.path)
         except OSError as err:
             raise PortError(f"{self.path}: cannot write: {err.strerror or err}") from err
-        os.close(fd)
-        self._tmp = Path(tmp)
+        os.close(fd)  # h5py opens it by name
         self._file = None
         try:
             self._file = h5py.File(self._tmp, "w")
@@ -96,8 +94,7 @@ class GoldenRecorder:
         that fails."""
         try:
             self._file.close()
-            os.chmod(self._tmp, 0o644)  # mkstemp made it private
-            os.replace(self._tmp, self.path)
+            move_into_place(self._tmp, self.path)
         except OSError as err:
             self._tmp.unlink(missing_ok=True)
             raise self._cannot_write(err) from err

@@ -44,11 +44,12 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         # reads release the GIL), taking it off the wall time of a port.
         hashed_files = hasher.submit(hash_source_files, checkpoint.source, archive)
         conversion = convert(checkpoint, options)
-        release = release_for((archive or checkpoint.source.prefix).name)
+        source_name = (archive or checkpoint.source.prefix).name  # as published, not as spelled
+        release = release_for(source_name)
         source = source_record(src, checkpoint.source, hashed_files.result(), release,
                                conversion.source_classes)
     header = {"format": "pt", "model": "inception_v3 (models.inception_v3, TF-Slim exact)",
-              "source": (archive or checkpoint.source.prefix).name,
+              "source": source_name,
               "options": options.describe()} \
         if fmt == "safetensors" else None
     written = write_hashed(conversion.state_dict, dst, force=force, fmt=fmt, metadata=header)

@@ -79,25 +79,34 @@ class _HashingWriter:
         self._file.flush()
 
 
+def temporary_beside(path: Path) -> tuple[int, Path]:
+    """(open descriptor, name) of a new private file beside ``path``: the same file system, so
+    that ``move_into_place`` is an atomic rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return fd, Path(tmp)
+
+
+def move_into_place(tmp: Path, path: Path) -> None:
+    """Give a finished temporary file ordinary permissions (mkstemp's are private), rename it."""
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 @contextlib.contextmanager
 def _staged(path: Path):
-    """A temporary file beside ``path`` (same file system, so the final rename is atomic).
-
-    Yields (file object, temporary path); the temporary file is removed unless renamed.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Yields (file object, temporary path) beside ``path``; removed unless renamed."""
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            yield f, Path(tmp)
+            yield f, tmp
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def _commit(f, tmp: Path, path: Path) -> None:
     f.flush()
     os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    move_into_place(tmp, path)
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
