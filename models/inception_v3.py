@@ -22,7 +22,7 @@ The aux head is defined for a 17x17 Mixed_6e map (inputs 299..329): its 5x5 conv
 a global mean stands after it, as in timm.
 
 ``fold_bn=True`` builds the deploy variant: every conv carries a bias and no batch norm
-(``porting`` folds the statistics into the weights, ``fold_batch_norm`` is the math;
+(``porting`` folds the statistics into the weights, ``models.folding`` has the math;
 ``models.deploy`` folds a loaded model and makes it fast).
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BN_EPS = 1e-3  # inception_v3_arg_scope's batch_norm_epsilon
+from models.folding import BN_EPS, fold_batch_norm
 
 # TF-Slim end points, in network order, that ``forward_end_points`` returns.
 END_POINTS = (
@@ -40,25 +40,6 @@ END_POINTS = (
     "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AuxLogits",
     "PreLogits", "Logits",
 )
-
-
-def fold_batch_norm(weight: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor,
-                    var: torch.Tensor, gamma: torch.Tensor | None = None, eps: float = BN_EPS,
-                    dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of the one conv that computes conv(x, weight) followed by inference BN.
-
-    y = gamma * (conv(x, W) - mean) / sqrt(var + eps) + beta, with gamma = 1 when None
-    (TF-Slim's Inception batch norm has none). Computed in float64 and rounded once, to
-    ``dtype`` (default: ``weight``'s), so folding adds no float32 error of its own.
-    """
-    dtype = dtype or weight.dtype
-    scale = 1.0 / torch.sqrt(var.double() + eps)
-    if gamma is not None:
-        scale = gamma.double() * scale
-    folded_weight = weight.double() * scale[:, None, None, None]
-    folded_bias = beta.double() - mean.double() * scale
-    return (folded_weight.to(dtype, memory_format=torch.contiguous_format),
-            folded_bias.to(dtype))
 
 
 class BasicConv2d(nn.Module):
@@ -80,11 +61,11 @@ class BasicConv2d(nn.Module):
     @torch.no_grad()
     def fold_bn_(self) -> None:
         """Merge the batch norm into the conv, in place: the ``fold_bn=True`` layout."""
-        bn = self.bn
-        weight, bias = fold_batch_norm(self.conv.weight, bn.bias, bn.running_mean,
-                                       bn.running_var, gamma=bn.weight, eps=bn.eps)
-        self.conv.weight = nn.Parameter(weight)
-        self.conv.bias = nn.Parameter(bias)
+        bn, weight = self.bn, self.conv.weight
+        folded = fold_batch_norm(*(t.detach().cpu().numpy() for t in (
+            weight, bn.bias, bn.running_mean, bn.running_var, bn.weight)), eps=bn.eps)
+        self.conv.weight, self.conv.bias = (
+            nn.Parameter(torch.from_numpy(t).to(weight.device)) for t in folded)
         self.bn = nn.Identity()
 
 

@@ -95,9 +95,9 @@ def _preprocess_choice():
               help="Use the ExponentialMovingAverage shadow of each variable where the checkpoint has one.")
 @click.option("--reader", type=_reader_choice(), default="native", show_default=True,
               help="Checkpoint reader: native (no TensorFlow) or tf (TensorFlow's, to cross-check).")
-@click.option("--format", "fmt", type=click.Choice(["pth", "safetensors"]), default="pth",
-              show_default=True, help="Output format; safetensors carries source and options in "
-                                      "its header.")
+@click.option("--format", "fmt", type=click.Choice(["pth", "safetensors"]),
+              help="Output format; safetensors carries source and options in its header.  "
+                   "[default: safetensors if --dst ends in .safetensors, else pth]")
 @click.option("--model-card", is_flag=True,
               help="Also write NAME-<sha256[:8]>.md, a model-zoo style card for the file.")
 @click.option("--force", is_flag=True, help="Replace an existing output file with different contents.")
@@ -115,6 +115,7 @@ def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, f
     from porting.pipeline import port_checkpoint
 
     options = PortOptions(num_classes=int(num_classes), aux=not no_aux, fold_bn=fold_bn, ema=ema)
+    fmt = fmt or ("safetensors" if dst.endswith(".safetensors") else "pth")
     result = port_checkpoint(src, dst, options, reader=reader, force=force, fmt=fmt,
                              card=model_card)
     source, conversion, written = result.source, result.conversion, result.written

@@ -11,9 +11,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from models.inception_v3 import InceptionV3, fold_batch_norm
+from models.folding import fold_batch_norm
+from models.layout import target_layout
 from porting.errors import PortError
 from porting.name_map import CLASSIFIER, CONV_BN, EMA_SUFFIX, LAYERS, Layer, non_model_reason
 from porting.readers import CheckpointReader
@@ -36,17 +36,10 @@ class PortOptions:
 
 @dataclass
 class Conversion:
-    state_dict: "OrderedDict[str, torch.Tensor]"
+    state_dict: "OrderedDict[str, np.ndarray]"  # C-contiguous little-endian float32 / int64
     mapped: dict[str, str] = field(default_factory=dict)   # TF variable -> PyTorch key(s)
     skipped: dict[str, str] = field(default_factory=dict)  # TF variable -> reason
     source_classes: int = 0
-
-
-def target_layout(options: PortOptions) -> "OrderedDict[str, torch.Size]":
-    """Keys and shapes of the model the options describe, without allocating its weights."""
-    model = InceptionV3(options.num_classes, aux_logits=options.aux, fold_bn=options.fold_bn,
-                        device="meta")
-    return OrderedDict((k, v.shape) for k, v in model.state_dict().items())
 
 
 def _fmt_names(names, limit: int = 4) -> str:
@@ -109,7 +102,7 @@ def plan_variables(reader: CheckpointReader, options: PortOptions) -> tuple[list
     return layers, sources, skipped
 
 
-def _expected_tf_shape(kind: str, role: str, weight_shape: torch.Size, classes: int) -> tuple:
+def _expected_tf_shape(kind: str, role: str, weight_shape: tuple, classes: int) -> tuple:
     """Shape a TF variable must have to fill a PyTorch layer whose weight has ``weight_shape``."""
     if kind == CONV_BN:  # conv OIHW <- TF HWIO; batch-norm vectors per output channel
         out_chs, in_chs, kh, kw = weight_shape
@@ -145,39 +138,29 @@ def _check_shapes(reader, layers, sources, layout, options) -> int:
     return source_classes
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A reader's array as a tensor, sharing its memory (readers hand out a fresh buffer per
-    read) unless it is read-only."""
-    array = np.asarray(array)
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
+def _f32(array: np.ndarray) -> np.ndarray:
+    """C-contiguous little-endian float32, as the writers store it; an array (or view) already
+    in that form is used as it is, since readers hand out a fresh buffer per read."""
+    return np.ascontiguousarray(array, dtype="<f4")
 
 
-def _f32(tensor: torch.Tensor) -> torch.Tensor:
-    """Contiguous float32 with a storage of its own size: torch.save writes whole storages, so
-    a view into a bigger buffer (the classifier without its background row) is copied."""
-    tensor = tensor.to(torch.float32).contiguous()  # .to() alone keeps a permuted layout
-    compact = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
-    return tensor if compact else tensor.clone()
-
-
-def _conv_bn_tensors(prefix: str, v: dict[str, torch.Tensor], fold_bn: bool) -> dict:
-    weight = v["weight"].permute(3, 2, 0, 1)  # HWIO -> OIHW; torch's copy of it is parallel
+def _conv_bn_tensors(prefix: str, v: dict[str, np.ndarray], fold_bn: bool) -> dict:
+    weight = v["weight"].transpose(3, 2, 0, 1)  # HWIO -> OIHW, a view until it is copied
     if fold_bn:
         # The checkpoint's own precision in, float64 math, float32 out: rounded once.
-        weight, bias = fold_batch_norm(weight, v["beta"], v["mean"], v["var"],
-                                       dtype=torch.float32)
+        weight, bias = fold_batch_norm(weight, v["beta"], v["mean"], v["var"], dtype="<f4")
         return {f"{prefix}.conv.weight": weight, f"{prefix}.conv.bias": bias}
     return {
         f"{prefix}.conv.weight": _f32(weight),
-        f"{prefix}.bn.weight": torch.ones(len(v["beta"])),  # TF-Slim batch norm has no gamma
+        f"{prefix}.bn.weight": np.ones(len(v["beta"]), "<f4"),  # TF-Slim batch norm has no gamma
         f"{prefix}.bn.bias": _f32(v["beta"]),
         f"{prefix}.bn.running_mean": _f32(v["mean"]),
         f"{prefix}.bn.running_var": _f32(v["var"]),
-        f"{prefix}.bn.num_batches_tracked": torch.tensor(0, dtype=torch.long),
+        f"{prefix}.bn.num_batches_tracked": np.array(0, "<i8"),
     }
 
 
-def _logits_tensors(prefix: str, v: dict[str, torch.Tensor], drop_background: bool) -> dict:
+def _logits_tensors(prefix: str, v: dict[str, np.ndarray], drop_background: bool) -> dict:
     weight, bias = v["weight"][0, 0].T, v["bias"]  # [1, 1, in, C] -> [C, in]
     if drop_background:
         weight, bias = weight[1:], bias[1:]
@@ -190,14 +173,14 @@ class Plan:
     layers: list[Layer]
     sources: dict[str, str]   # model variable -> checkpoint variable that supplies it
     skipped: dict[str, str]   # checkpoint variable -> reason
-    layout: "OrderedDict[str, torch.Size]"
+    layout: "OrderedDict[str, tuple[int, ...]]"
     source_classes: int
 
 
 def plan(reader: CheckpointReader, options: PortOptions) -> Plan:
     """Names, shapes and dtypes checked against the target; PortError on anything wrong."""
     layers, sources, skipped = plan_variables(reader, options)
-    layout = target_layout(options)
+    layout = target_layout(options.num_classes, options.aux, options.fold_bn)
     source_classes = _check_shapes(reader, layers, sources, layout, options)
     return Plan(layers, sources, skipped, layout, source_classes)
 
@@ -212,7 +195,7 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
     tensors, mapped = {}, {}
     for layer in layers:
         names = layer.variables()
-        values = {role: _tensor(reader.read(sources[name])) for role, name in names.items()}
+        values = {role: reader.read(sources[name]) for role, name in names.items()}
         if layer.kind == CONV_BN:
             produced = _conv_bn_tensors(layer.torch_name, values, options.fold_bn)
         else:

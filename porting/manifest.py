@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-
-from models.inception_v3 import InceptionV3
+from models.layout import parameter_count
 from porting.errors import PortError
-from porting.parity import Parity
 from porting.registry import Release, load_registry
 from porting.writer import atomic_write, sha256_file
+
+if TYPE_CHECKING:  # porting.parity imports torch, which a port does without
+    from porting.parity import Parity
 
 MANIFEST_VERSION = 1
 COMPETITION_BIBTEX = """@article{kurakin2018adversarial,
@@ -104,12 +106,6 @@ def record_parity(manifest_path: Path, parity: Parity, reference: str) -> dict:
     return manifest
 
 
-def parameter_count(options: dict) -> int:
-    model = InceptionV3(options["num_classes"], aux_logits=options["aux"],
-                        fold_bn=options["fold_bn"], device="meta")
-    return sum(p.numel() for p in model.parameters())
-
-
 def _classes_line(options: dict, source_classes: int) -> str:
     if options["num_classes"] == 1001:
         return ("1001: index 0 is TF-Slim's \"background\" class, 1..1000 the ImageNet-1k "
@@ -127,7 +123,7 @@ def model_card(manifest: dict) -> str:
     release = releases.get(source["release"]) if source["release"] else None
     # Keras sources and unknown files follow the same Inception recipe as the TF releases.
     prep = release.preprocessing if release else next(iter(releases.values())).preprocessing
-    params = parameter_count(options)
+    params = parameter_count(options["num_classes"], options["aux"], options["fold_bn"])
     origin = (f"[{release.archive}]({release.url}) ({release.title}, {release.date}; "
               "identified by its file name)" if release
               else f"`{Path(source['given']).name}` (local file, {source['format']})")

@@ -1,9 +1,8 @@
 """Write a state dict as ``<stem>-<sha256[:8]>.pth``: reproducible, atomic, torch.hub-compatible.
 
-torch.save embeds the archive name in the zip and defaults it to the file's stem, so the same
-tensors saved under two names differ byte for byte. We serialise into an anonymous temporary
-file object (archive name fixed by torch to "archive"), hashing the bytes as they pass, and
-only then rename the file to its final, hashed name.
+The file is serialised into a temporary file beside its destination (``porting.pth`` writes
+torch.save's format without importing torch, its zip archive always named "archive"), hashed
+as the bytes pass, and only then renamed to its final, hashed name.
 
 ``safetensors`` files are written by a small writer of the documented layout (8-byte
 little-endian header length, JSON header, tensor bytes back to back) with a fixed key order,
@@ -20,9 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from porting.errors import PortError
+from porting.pth import save_state_dict
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,22 @@ class Written:
 
 
 FORMATS = {"pth": ".pth", "safetensors": ".safetensors"}
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
+_SAFETENSORS_DTYPES = {np.dtype("<f4"): "F32", np.dtype("<f8"): "F64", np.dtype("<i8"): "I64"}
 
 
-def serialize_safetensors(state_dict, metadata: dict[str, str]) -> bytes:
+def save_safetensors(state_dict, metadata: dict[str, str], file) -> None:
+    """Write ``state_dict`` (name -> C-contiguous little-endian numpy array) to ``file``."""
     header: dict = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
-    chunks, offset = [], 0
-    for name, tensor in state_dict.items():
-        array = tensor.detach().contiguous().numpy()
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
+    offset = 0
+    for name, array in state_dict.items():
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
     text = json.dumps(header, separators=(",", ":")).encode("utf8")
     text += b" " * (-len(text) % 8)  # tensor data 8-byte aligned, as the reference writer does
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    file.write(struct.pack("<Q", len(text)) + text)
+    for array in state_dict.values():
+        file.write(memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B"))
 
 
 def hashed_path(dst: Path, sha256: str) -> Path:
@@ -122,8 +122,7 @@ def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "p
 
     ``fmt`` "safetensors" writes ``NAME-<sha256[:8]>.safetensors`` with ``metadata`` in its
     header; "pth" has no place for metadata. The .pth is streamed straight into the temporary
-    file (torch names the archive "archive" for any file object, so the bytes do not depend on
-    the file name) and hashed on the way: no second copy of the weights in memory.
+    file and hashed on the way: no second copy of the weights in memory.
     """
     dst = Path(dst)
     if dst.suffix not in ("", *FORMATS.values()):  # a .json or .md name would meet its sidecar
@@ -134,9 +133,9 @@ def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "p
         with _staged(dst) as (f, tmp):
             hashing = _HashingWriter(f)
             if fmt == "safetensors":
-                hashing.write(serialize_safetensors(state_dict, metadata or {}))
+                save_safetensors(state_dict, metadata or {}, hashing)
             else:
-                torch.save(state_dict, hashing)
+                save_state_dict(state_dict, hashing)
             sha256 = hashing.digest.hexdigest()
             final = hashed_path(dst, sha256)
             if final.exists():

@@ -119,7 +119,7 @@ def test_keras3_file_without_layer_names_is_refused(keras_files, tmp_path):
     assert result.stderr.startswith(f"error: {path}: layers/") and "no layer name" in result.stderr
 
 
-def test_keras_reader_does_not_import_tensorflow(keras_files, tmp_path):
+def test_keras_reader_imports_neither_tensorflow_nor_torch(keras_files, tmp_path):
     import subprocess
     import sys
 
@@ -127,6 +127,6 @@ def test_keras_reader_does_not_import_tensorflow(keras_files, tmp_path):
     code = ("import sys; from porting.convert import PortOptions, convert; "
             "from porting.readers import open_reader; "
             f"convert(open_reader({str(path)!r}), PortOptions(aux=False)); "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False"]
+    assert out.stdout.split() == ["False", "False", "False"]

@@ -1,4 +1,5 @@
-"""Porting with the native reader gives the same bytes as with TensorFlow's, and needs no TF."""
+"""Porting with the native reader gives the same bytes as with TensorFlow's, and needs neither
+TensorFlow nor torch."""
 from __future__ import annotations
 
 import subprocess
@@ -11,17 +12,19 @@ from porting.convert import PortOptions
 from porting.pipeline import port_checkpoint
 from porting.sources import V1, resolve_source
 
-# Runs the CLI in a process where any ``import tensorflow`` fails.
-NO_TF_CLI = textwrap.dedent("""
+# Makes any ``import tensorflow`` or ``import torch`` fail in the process that runs it.
+BLOCKER = textwrap.dedent("""
     import sys
 
-    class NoTensorFlow:
+    class NoTensorFlowNoTorch:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tensorflow", "tf_slim", "tf_keras"):
+            if name.split(".")[0] in ("tensorflow", "tf_slim", "tf_keras", "torch"):
                 raise ImportError(f"{name} is blocked in this test")
             return None
 
-    sys.meta_path.insert(0, NoTensorFlow())
+    sys.meta_path.insert(0, NoTensorFlowNoTorch())
+""")
+NO_TF_CLI = BLOCKER + textwrap.dedent("""
     from porting.cli import main
     sys.argv = ["port-weights", *sys.argv[1:]]
     main()
@@ -54,13 +57,32 @@ def v1_copy(synthetic_ckpt, tmp_path_factory):
     return prefix
 
 
-def test_native_port_is_byte_identical_and_imports_no_tensorflow(synthetic_ckpt, tf_ported,
-                                                                 tmp_path):
-    dst = tmp_path / "x.pth"
-    run = subprocess.run([sys.executable, "-c", NO_TF_CLI, "port", "--src", str(synthetic_ckpt),
-                          "--dst", str(dst)], capture_output=True, text=True, timeout=300)
+def _port_without_tf_and_torch(*args):
+    return subprocess.run([sys.executable, "-c", NO_TF_CLI, "port", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_native_port_is_byte_identical_and_imports_neither_tf_nor_torch(synthetic_ckpt, tf_ported,
+                                                                        tmp_path):
+    run = _port_without_tf_and_torch("--src", str(synthetic_ckpt), "--dst", str(tmp_path / "x.pth"),
+                                     "--fold-bn")
+    assert run.returncode == 0, run.stderr
+    run = _port_without_tf_and_torch("--src", str(synthetic_ckpt), "--dst", str(tmp_path / "x.pth"))
     assert run.returncode == 0, run.stderr
     assert (tmp_path / tf_ported.name).read_bytes() == tf_ported.read_bytes()
+
+
+def test_safetensors_and_model_card_need_no_torch_either(synthetic_ckpt, tmp_path):
+    run = _port_without_tf_and_torch("--src", str(synthetic_ckpt), "--dst",
+                                     str(tmp_path / "x.safetensors"), "--model-card")
+    assert run.returncode == 0, run.stderr
+    assert len(list(tmp_path.glob("x-*.safetensors"))) == len(list(tmp_path.glob("x-*.md"))) == 1
+
+
+def test_the_blocker_really_blocks_torch():
+    run = subprocess.run([sys.executable, "-c", BLOCKER + "import torch"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0 and "torch is blocked in this test" in run.stderr
 
 
 def test_the_blocker_really_blocks_tensorflow(synthetic_ckpt, tmp_path):
