@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from models import deploy_model, model_for_state_dict
-from porting.convert import PortOptions, convert
+from porting.convert import PortOptions
 from porting.parity import compare
 from porting.photos import load_photos
-from porting.readers import open_reader
+from porting.pipeline import port_checkpoint
 
 THREADS = 2
 BATCH = 8
@@ -70,7 +70,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
         prefix = build_synthetic_checkpoint(Path(tmp) / "adv_inception_v3.ckpt", photos)
-        state_dict = convert(open_reader(prefix, "tf"), PortOptions(num_classes=1001)).state_dict
+        ported = port_checkpoint(prefix, Path(tmp) / "adv_inception_v3.pth",
+                                 PortOptions(num_classes=1001)).written.path
+        state_dict = torch.load(ported, weights_only=True)  # as a user loads the file
         print(f"synthetic checkpoint written and ported in {time.perf_counter() - began:.0f} s")
 
         warm_up = [batch1, batch8]

@@ -62,10 +62,11 @@ class BasicConv2d(nn.Module):
     def fold_bn_(self) -> None:
         """Merge the batch norm into the conv, in place: the ``fold_bn=True`` layout."""
         bn, weight = self.bn, self.conv.weight
-        folded = fold_batch_norm(*(t.detach().cpu().numpy() for t in (
+        # float64 in and out of numpy (any dtype, any device), rounded once to the model's dtype
+        folded = fold_batch_norm(*(t.detach().to("cpu", torch.float64).numpy() for t in (
             weight, bn.bias, bn.running_mean, bn.running_var, bn.weight)), eps=bn.eps)
         self.conv.weight, self.conv.bias = (
-            nn.Parameter(torch.from_numpy(t).to(weight.device)) for t in folded)
+            nn.Parameter(torch.from_numpy(t).to(weight.device, weight.dtype)) for t in folded)
         self.bn = nn.Identity()
 
 

@@ -115,7 +115,6 @@ def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, f
     from porting.pipeline import port_checkpoint
 
     options = PortOptions(num_classes=int(num_classes), aux=not no_aux, fold_bn=fold_bn, ema=ema)
-    fmt = fmt or ("safetensors" if dst.endswith(".safetensors") else "pth")
     result = port_checkpoint(src, dst, options, reader=reader, force=force, fmt=fmt,
                              card=model_card)
     source, conversion, written = result.source, result.conversion, result.written
@@ -351,9 +350,9 @@ def _describe_skipped(skipped: dict[str, str], verbose: bool) -> str:
 def run() -> None:
     """The console script: ``main``, then a fast exit.
 
-    With torch (and TensorFlow) loaded, the interpreter's own teardown takes ~0.4 s on our
-    2-core machines, a fifth of a whole port. Every file is written, fsynced and closed before
-    ``main`` returns, so after flushing stdout and stderr nothing is left for it to do.
+    With TensorFlow (``--reader tf``) or torch (verify, predict) loaded, the interpreter's own
+    teardown takes ~0.4 s on our 2-core machines. Every file is written, fsynced and closed
+    before ``main`` returns, so after flushing stdout and stderr nothing is left for it to do.
     """
     try:
         main()

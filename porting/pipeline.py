@@ -18,7 +18,7 @@ from porting.manifest import (build_manifest, hash_source_files, model_card, sid
 from porting.readers import open_reader
 from porting.registry import release_for
 from porting.sources import CheckpointSource
-from porting.writer import Written, write_hashed
+from porting.writer import Written, output_format, write_hashed
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,10 @@ class PortResult:
 
 
 def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = PortOptions(),
-                    reader: str = "native", force: bool = False, fmt: str = "pth",
+                    reader: str = "native", force: bool = False, fmt: str | None = None,
                     card: bool = False) -> PortResult:
     """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
+    fmt = output_format(dst, fmt)
     archive = Path(src) if is_archive(src) else None
     with (unpacked(archive) if archive else contextlib.nullcontext(src)) as checkpoint_src, \
             ThreadPoolExecutor(max_workers=1) as hasher:

@@ -21,15 +21,18 @@ multiple of 64 bytes, padded by an extra field "FB" of 'Z's in its local header;
 set flags 0x0808 (sizes in a data descriptor after the data; UTF-8 names) and zero times; the
 archive ends with a zip64 end-of-central-directory record and locator, then the classic one.
 
-Everything except the serialization id is byte for byte what ``torch.save`` (torch 2.13) writes
-for the same state dict: tests/test_pth.py checks it. torch's id is 20 digits of a hash that
-combines libstdc++ ``std::hash`` values of the record names in ``unordered_set`` order, then 20
-digits of the records' CRC-32s combined; ours keeps the second part and replaces the first by
-a sha256 of the record names. No reader checks the id.
+The file is byte for byte what ``torch.save`` (torch 2.13, as pinned) writes for the same
+state dict, except for the first 20 digits of the serialization id and hence that record's
+CRC-32 (in its data descriptor and its central directory entry): tests/test_pth.py checks it.
+torch derives those digits from libstdc++ ``std::hash`` values of the record names, combined in
+``unordered_set`` iteration order; ours are a sha256 of the record names. The last 20 digits,
+the records' CRC-32s combined, are torch's. No reader checks the id. Files of 4 GiB or more,
+where torch switches to zip64 headers, are refused.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import zlib
 from typing import BinaryIO, Mapping
@@ -108,7 +111,7 @@ class _Pickler:
 
     def tensor(self, key: str, storage_type: str, shape: tuple[int, ...], numel: int) -> None:
         """``_rebuild_tensor_v2(storage, 0, shape, contiguous strides, False, OrderedDict())``."""
-        strides = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
+        strides = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
         self.global_("torch._utils", "_rebuild_tensor_v2")
         self.out += b"(("  # MARK for the arguments, MARK for the persistent id
         self.string("storage", shared=True)
@@ -153,8 +156,8 @@ def _hash_combine(seed: int, value: int) -> int:
 class _ZipWriter:
     """Stored (uncompressed) zip records, laid out exactly as torch's PyTorchStreamWriter."""
 
-    def __init__(self, file: BinaryIO, archive: str = "archive"):
-        self._file, self._prefix = file, archive + "/"
+    def __init__(self, file: BinaryIO):
+        self._file = file
         self._offset = 0
         self._entries: list[tuple[bytes, int, int, int]] = []  # name, crc, size, header offset
         self.combined_crc = 0
@@ -163,11 +166,17 @@ class _ZipWriter:
         self._file.write(data)
         self._offset += len(data)
 
-    def record(self, name: str, data) -> None:
-        data = memoryview(data).cast("B")
-        full = (self._prefix + name).encode("utf8")
-        if len(data) > _U32_MAX or self._offset > _U32_MAX:
-            raise ValueError(f"{name}: past 4 GiB, where torch switches to zip64 headers")
+    @property
+    def names(self) -> list[str]:
+        return [full.decode("utf8").removeprefix("archive/") for full, *_ in self._entries]
+
+    def record(self, name: str, data: bytes | np.ndarray) -> None:
+        """Add a record; ``data`` is bytes or a uint8 array."""
+        full = f"archive/{name}".encode("utf8")
+        end = self._offset + 30 + len(full) + 4 + ALIGNMENT + len(data) + 16  # at most
+        if end >= _U32_MAX:
+            raise ValueError(f"{name}: the file would reach 4 GiB, where torch switches to zip64 "
+                             "headers, which this writer does not write")
         start = self._offset + 30 + len(full) + 4
         padding = -start % ALIGNMENT
         crc = zlib.crc32(data)
@@ -181,6 +190,9 @@ class _ZipWriter:
 
     def finish(self) -> None:
         directory_start = self._offset
+        if len(self._entries) > 0xFFFF or directory_start + 46 * len(self._entries) + sum(
+                len(full) for full, *_ in self._entries) >= _U32_MAX:
+            raise ValueError("the archive needs zip64 fields, which this writer does not write")
         for full, crc, size, header_offset in self._entries:
             self._write(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 0, 0, 0x0808, 0, 0, 0,
                                     crc, size, size, len(full), 0, 0, 0, 0, 0, header_offset)
@@ -194,23 +206,33 @@ class _ZipWriter:
                                 directory_start, 0))
 
 
+def raw_bytes(array: np.ndarray) -> np.ndarray:
+    """An array's bytes in memory order, as a flat uint8 view (copied only if not contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
 def save_state_dict(state_dict: Mapping[str, np.ndarray], file: BinaryIO) -> None:
     """Write ``state_dict`` (name -> C-contiguous little-endian float32, float64 or int64 array)
-    to ``file`` as torch.save would; ``torch.load(..., weights_only=True)`` reads it back."""
+    to ``file`` as torch.save would; ``torch.load(..., weights_only=True)`` reads it back.
+
+    Empty arrays are refused: torch writes their records without a data descriptor, a layout
+    this writer leaves out because no ported model has an empty tensor.
+    """
     for name, array in state_dict.items():
-        if array.dtype not in STORAGE_TYPES or not array.flags.c_contiguous:
-            raise ValueError(f"{name}: {array.dtype} array (C-contiguous: "
-                             f"{array.flags.c_contiguous}) is not one this writer stores")
+        if array.dtype not in STORAGE_TYPES or not array.flags.c_contiguous or not array.size:
+            raise ValueError(f"{name}: {array.dtype} array of shape {list(array.shape)} "
+                             f"(C-contiguous: {array.flags.c_contiguous}) is not one this "
+                             "writer stores")
     zip_file = _ZipWriter(file)
     zip_file.record("data.pkl", pickle_state_dict(state_dict))
     zip_file.record(".format_version", b"1")
     zip_file.record(".storage_alignment", str(ALIGNMENT).encode())
     zip_file.record("byteorder", b"little")
     for key, array in enumerate(state_dict.values()):
-        zip_file.record(f"data/{key}", array.reshape(-1) if array.ndim == 0 else array)
+        zip_file.record(f"data/{key}", raw_bytes(array))
     zip_file.record("version", f"{FILE_FORMAT_VERSION}\n".encode())
-    names = [".format_version", ".storage_alignment", "byteorder", "data.pkl", "version",
-             *(f"data/{key}" for key in range(len(state_dict)))]
-    names_hash = int.from_bytes(hashlib.sha256("\n".join(names).encode()).digest()[:8], "little")
-    zip_file.record(".data/serialization_id", f"{names_hash:020d}{zip_file.combined_crc:020d}".encode())
+    names = "\n".join(sorted(zip_file.names)).encode("utf8")
+    names_hash = int.from_bytes(hashlib.sha256(names).digest()[:8], "little")
+    serialization_id = f"{names_hash:020d}{zip_file.combined_crc:020d}"
+    zip_file.record(".data/serialization_id", serialization_id.encode())
     zip_file.finish()

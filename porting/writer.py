@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from porting.errors import PortError
-from porting.pth import save_state_dict
+from porting.pth import raw_bytes, save_state_dict
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,12 @@ def save_safetensors(state_dict, metadata: dict[str, str], file) -> None:
     text += b" " * (-len(text) % 8)  # tensor data 8-byte aligned, as the reference writer does
     file.write(struct.pack("<Q", len(text)) + text)
     for array in state_dict.values():
-        file.write(memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B"))
+        file.write(raw_bytes(array))
+
+
+def output_format(dst: str | Path, fmt: str | None) -> str:
+    """``fmt`` if given, else the format ``dst``'s suffix names, else "pth"."""
+    return fmt or ("safetensors" if Path(dst).suffix == FORMATS["safetensors"] else "pth")
 
 
 def hashed_path(dst: Path, sha256: str) -> Path:
@@ -116,15 +121,16 @@ def atomic_write(path: Path, payload: bytes) -> None:
         _commit(f, tmp, path)
 
 
-def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str = "pth",
+def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str | None = None,
                  metadata: dict[str, str] | None = None) -> Written:
-    """Serialise ``state_dict`` and store it as the hashed sibling of ``dst``.
+    """Serialise ``state_dict`` (name -> numpy array) as the hashed sibling of ``dst``.
 
-    ``fmt`` "safetensors" writes ``NAME-<sha256[:8]>.safetensors`` with ``metadata`` in its
-    header; "pth" has no place for metadata. The .pth is streamed straight into the temporary
-    file and hashed on the way: no second copy of the weights in memory.
+    ``fmt`` (default: see ``output_format``) "safetensors" writes
+    ``NAME-<sha256[:8]>.safetensors`` with ``metadata`` in its header; "pth" has no place for
+    metadata. Either is streamed straight into the temporary file and hashed on the way: no
+    second copy of the weights in memory.
     """
-    dst = Path(dst)
+    dst, fmt = Path(dst), output_format(dst, fmt)
     if dst.suffix not in ("", *FORMATS.values()):  # a .json or .md name would meet its sidecar
         raise PortError(f"{dst}: output name must end in {FORMATS[fmt]}")
     dst = dst.with_suffix(FORMATS[fmt])

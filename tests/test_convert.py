@@ -18,8 +18,12 @@ def _port(prefix, **options):
     return convert(open_reader(prefix), PortOptions(**options))
 
 
+def _tensors(state_dict):
+    return {key: torch.from_numpy(value) for key, value in state_dict.items()}
+
+
 def _model(state_dict):
-    return model_for_state_dict({key: torch.from_numpy(value) for key, value in state_dict.items()})
+    return model_for_state_dict(_tensors(state_dict))
 
 
 def test_table_covers_exactly_tf_slims_variables(tensors):
@@ -62,9 +66,8 @@ def test_values_land_in_the_right_place(synthetic_ckpt, tensors):
 
 
 def test_folded_conv_equals_conv_then_batch_norm(synthetic_ckpt):
-    plain = {k: torch.from_numpy(v) for k, v in _port(synthetic_ckpt, num_classes=1001).state_dict.items()}
-    folded = {k: torch.from_numpy(v)
-              for k, v in _port(synthetic_ckpt, num_classes=1001, fold_bn=True).state_dict.items()}
+    plain = _tensors(_port(synthetic_ckpt, num_classes=1001).state_dict)
+    folded = _tensors(_port(synthetic_ckpt, num_classes=1001, fold_bn=True).state_dict)
     assert not any(".bn." in key for key in folded)
     x = torch.randn(2, 192, 9, 9, dtype=torch.float64)
     p = "Mixed_5b.branch3x3dbl_1"

@@ -1,7 +1,12 @@
-"""The PyTorch definition alone: layout, size, and its two forward paths."""
+"""The PyTorch definition alone: layout, size, its two forward paths, batch-norm folding."""
+import copy
+
+import pytest
 import torch
+from torch import nn
 
 from models import END_POINTS, InceptionV3
+from models.inception_v3 import BasicConv2d
 from porting.name_map import LAYERS
 
 
@@ -43,3 +48,23 @@ def test_larger_inputs_use_a_global_mean():
     model = InceptionV3(num_classes=10, aux_logits=False).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 342, 342)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5),
+                                              (torch.bfloat16, 2e-2)])
+def test_folding_computes_conv_then_batch_norm_in_any_dtype(dtype, tolerance):
+    torch.manual_seed(0)
+    layer = BasicConv2d(8, 16, 3, padding=1).eval()
+    with torch.no_grad():
+        for stat in (layer.bn.weight, layer.bn.bias, layer.bn.running_mean):  # gamma != 1 too
+            stat.normal_()
+        layer.bn.running_var.uniform_(0.5, 2.0)
+    layer = layer.to(dtype)
+    x = torch.randn(2, 8, 9, 9).to(dtype)
+    with torch.no_grad():
+        expected = copy.deepcopy(layer).double()(x.double())
+        layer.fold_bn_()
+        got = layer(x)
+    assert isinstance(layer.bn, nn.Identity) and layer.conv.bias is not None
+    assert layer.conv.weight.dtype == layer.conv.bias.dtype == dtype
+    assert (got.double() - expected).abs().max() <= tolerance * expected.abs().max()

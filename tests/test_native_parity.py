@@ -62,14 +62,20 @@ def _port_without_tf_and_torch(*args):
                           text=True, timeout=300)
 
 
-def test_native_port_is_byte_identical_and_imports_neither_tf_nor_torch(synthetic_ckpt, tf_ported,
-                                                                        tmp_path):
-    run = _port_without_tf_and_torch("--src", str(synthetic_ckpt), "--dst", str(tmp_path / "x.pth"),
-                                     "--fold-bn")
-    assert run.returncode == 0, run.stderr
+def test_native_port_is_byte_identical_and_needs_neither_tf_nor_torch(synthetic_ckpt, tf_ported,
+                                                                       tmp_path):
     run = _port_without_tf_and_torch("--src", str(synthetic_ckpt), "--dst", str(tmp_path / "x.pth"))
     assert run.returncode == 0, run.stderr
     assert (tmp_path / tf_ported.name).read_bytes() == tf_ported.read_bytes()
+
+
+def test_folding_needs_no_torch(synthetic_ckpt, tmp_path):
+    run = _port_without_tf_and_torch("--src", str(synthetic_ckpt), "--dst",
+                                     str(tmp_path / "a" / "x.pth"), "--fold-bn")
+    assert run.returncode == 0, run.stderr
+    reference = port_checkpoint(synthetic_ckpt, tmp_path / "b" / "x.pth",
+                                PortOptions(fold_bn=True)).written.path  # torch is loaded here
+    assert (tmp_path / "a" / reference.name).read_bytes() == reference.read_bytes()
 
 
 def test_safetensors_and_model_card_need_no_torch_either(synthetic_ckpt, tmp_path):

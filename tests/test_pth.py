@@ -71,16 +71,24 @@ def test_small_and_large_dicts_of_every_stored_dtype(count):
     _same_as_torch_save(state_dict)
 
 
+def test_storage_types_first_met_past_memo_index_255():  # 4-byte PUT, then 4-byte GET
+    state_dict = OrderedDict((f"f{i}", np.full(2, i, "<f4")) for i in range(100))
+    for i in range(2):
+        state_dict[f"d{i}"], state_dict[f"l{i}"] = np.zeros(3, "<f8"), np.array(i, "<i8")
+    _same_as_torch_save(state_dict)
+
+
 def test_torch_reads_back_every_bit_and_can_mmap(synthetic_ckpt, tmp_path):
-    state_dict = convert(open_reader(synthetic_ckpt), PortOptions(fold_bn=True)).state_dict
+    state_dict = convert(open_reader(synthetic_ckpt), PortOptions()).state_dict
     path = tmp_path / "x.pth"
     path.write_bytes(_ours(state_dict))
     assert zipfile.ZipFile(path).testzip() is None  # every record's CRC-32
     for mmap in (False, True):  # mmap needs every storage aligned as torch aligns them
         loaded = torch.load(path, weights_only=True, mmap=mmap)
         assert type(loaded) is OrderedDict and list(loaded) == list(state_dict)
-        for key, tensor in loaded.items():
-            assert tensor.dtype == torch.float32 and not tensor.requires_grad
+        for key, tensor in loaded.items():  # float32, and int64 scalars (num_batches_tracked)
+            assert tensor.numpy().dtype == state_dict[key].dtype and not tensor.requires_grad
+            assert tensor.shape == state_dict[key].shape and tensor.is_contiguous()
             assert np.array_equal(tensor.numpy(), state_dict[key]), key
 
 
@@ -89,6 +97,8 @@ def test_unsupported_arrays_are_refused():
         save_state_dict({"half": np.zeros(2, np.float16)}, io.BytesIO())
     with pytest.raises(ValueError, match="C-contiguous: False"):
         save_state_dict({"strided": np.zeros((2, 2), np.float32).T}, io.BytesIO())
+    with pytest.raises(ValueError, match=r"shape \[3, 0\]"):
+        save_state_dict({"empty": np.zeros((3, 0), np.float32)}, io.BytesIO())
 
 
 def test_a_different_tensor_gives_different_bytes(synthetic_ckpt):  # the comparison can fail
