@@ -160,15 +160,10 @@ class _ZipWriter:
         self._file = file
         self._offset = 0
         self._entries: list[tuple[bytes, int, int, int]] = []  # name, crc, size, header offset
-        self.combined_crc = 0
 
     def _write(self, data) -> None:
         self._file.write(data)
         self._offset += len(data)
-
-    @property
-    def names(self) -> list[str]:
-        return [full.decode("utf8").removeprefix("archive/") for full, *_ in self._entries]
 
     def record(self, name: str, data: bytes | np.ndarray) -> None:
         """Add a record; ``data`` is bytes or a uint8 array."""
@@ -186,9 +181,20 @@ class _ZipWriter:
                     + b"FB" + struct.pack("<H", padding) + b"Z" * padding)
         self._write(data)
         self._write(struct.pack("<IIII", 0x08074B50, crc, len(data), len(data)))
-        self.combined_crc = _hash_combine(self.combined_crc, crc)
+
+    def _serialization_id(self) -> bytes:
+        """40 digits: a sha256 of the record names where torch has its std::hash (see the
+        module docstring), then the records' CRC-32s combined as torch combines them."""
+        names = b"\n".join(sorted(full.removeprefix(b"archive/") for full, *_ in self._entries))
+        combined_crc = 0
+        for _, crc, _, _ in self._entries:
+            combined_crc = _hash_combine(combined_crc, crc)
+        names_hash = int.from_bytes(hashlib.sha256(names).digest()[:8], "little")
+        return f"{names_hash:020d}{combined_crc:020d}".encode()
 
     def finish(self) -> None:
+        """The serialization id record, as torch ends every file, then the central directory."""
+        self.record(".data/serialization_id", self._serialization_id())
         directory_start = self._offset
         if len(self._entries) > 0xFFFF or directory_start + 46 * len(self._entries) + sum(
                 len(full) for full, *_ in self._entries) >= _U32_MAX:
@@ -231,8 +237,4 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], file: BinaryIO) -> Non
     for key, array in enumerate(state_dict.values()):
         zip_file.record(f"data/{key}", raw_bytes(array))
     zip_file.record("version", f"{FILE_FORMAT_VERSION}\n".encode())
-    names = "\n".join(sorted(zip_file.names)).encode("utf8")
-    names_hash = int.from_bytes(hashlib.sha256(names).digest()[:8], "little")
-    serialization_id = f"{names_hash:020d}{zip_file.combined_crc:020d}"
-    zip_file.record(".data/serialization_id", serialization_id.encode())
     zip_file.finish()

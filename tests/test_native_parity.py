@@ -2,33 +2,14 @@
 TensorFlow nor torch."""
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
+from blocked_imports import CLI, TENSORFLOW, run_blocked
 from porting.convert import PortOptions
 from porting.pipeline import port_checkpoint
 from porting.sources import V1, resolve_source
 
-# Makes any ``import tensorflow`` or ``import torch`` fail in the process that runs it.
-BLOCKER = textwrap.dedent("""
-    import sys
-
-    class NoTensorFlowNoTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tensorflow", "tf_slim", "tf_keras", "torch"):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, NoTensorFlowNoTorch())
-""")
-NO_TF_CLI = BLOCKER + textwrap.dedent("""
-    from porting.cli import main
-    sys.argv = ["port-weights", *sys.argv[1:]]
-    main()
-""")
+NO_TF_NO_TORCH = (*TENSORFLOW, "torch")
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +39,7 @@ def v1_copy(synthetic_ckpt, tmp_path_factory):
 
 
 def _port_without_tf_and_torch(*args):
-    return subprocess.run([sys.executable, "-c", NO_TF_CLI, "port", *args], capture_output=True,
-                          text=True, timeout=300)
+    return run_blocked(NO_TF_NO_TORCH, CLI, "port", *args)
 
 
 def test_native_port_is_byte_identical_and_needs_neither_tf_nor_torch(synthetic_ckpt, tf_ported,
@@ -86,15 +66,13 @@ def test_safetensors_and_model_card_need_no_torch_either(synthetic_ckpt, tmp_pat
 
 
 def test_the_blocker_really_blocks_torch():
-    run = subprocess.run([sys.executable, "-c", BLOCKER + "import torch"], capture_output=True,
-                         text=True, timeout=300)
+    run = run_blocked(NO_TF_NO_TORCH, "import torch")
     assert run.returncode != 0 and "torch is blocked in this test" in run.stderr
 
 
 def test_the_blocker_really_blocks_tensorflow(synthetic_ckpt, tmp_path):
-    run = subprocess.run([sys.executable, "-c", NO_TF_CLI, "port", "--reader", "tf", "--src",
-                          str(synthetic_ckpt), "--dst", str(tmp_path / "x.pth")],
-                         capture_output=True, text=True, timeout=300)
+    run = _port_without_tf_and_torch("--reader", "tf", "--src", str(synthetic_ckpt), "--dst",
+                                     str(tmp_path / "x.pth"))
     assert run.returncode == 1 and "blocked in this test" in run.stderr
     [line] = run.stderr.strip().splitlines()  # one clear line: what is missing, how to get it
     assert line.startswith("error: this needs TensorFlow") and "tf-porting[tf]" in line

@@ -1,15 +1,12 @@
 """``port-weights verify``: every end point of every output variant against TF-Slim, and the
 first diverging end point named on sabotaged files."""
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from blocked_imports import CLI, TENSORFLOW, run_blocked
 from models.inception_v3 import END_POINTS
 from porting.cli import main
 from porting.verify import compare_end_points, first_class_for
@@ -129,35 +126,8 @@ def test_goldens_hold_inputs_end_points_and_checkpoint_hashes(goldens, synthetic
         golden.close()
 
 
-# Run inside the subprocess: TensorFlow cannot be imported there.
-NO_TENSORFLOW = """
-import sys
-
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tf_slim", "tf_keras"):
-            raise ImportError(f"{name} is blocked in this test")
-
-sys.meta_path.insert(0, NoTensorFlow())
-"""
-
-
-def _python_without_tensorflow(tmp_path, code, *args):
-    """``python -c CODE ARGS`` in a fresh interpreter whose sitecustomize blocks TensorFlow."""
-    (tmp_path / "sitecustomize.py").write_text(NO_TENSORFLOW)
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)},
-                          cwd=Path(__file__).parents[1], timeout=300)
-
-
-def _run_without_tensorflow(tmp_path, *args):
-    """``port-weights ARGS`` with TensorFlow blocked."""
-    return _python_without_tensorflow(
-        tmp_path, "import sys; from porting.cli import main; main(sys.argv[1:])", *args)
-
-
 def test_goldens_verify_without_tensorflow(goldens, ported_files, tmp_path):
-    probe = _run_without_tensorflow(tmp_path, "verify", "--goldens", str(goldens[1]),
+    probe = run_blocked(TENSORFLOW, CLI, "verify", "--goldens", str(goldens[1]),
                                     "--weights", str(ported_files["no-aux"]))
     assert probe.returncode == 0, probe.stderr
     assert "AuxLogits" in probe.stdout and "skipped" in probe.stdout
@@ -170,7 +140,7 @@ def test_goldens_verify_without_tensorflow_fails_on_a_sabotaged_file(goldens, po
         sd["Mixed_6c.branch1x1.bn.running_var"] *= 4
 
     bad = _sabotaged(ported_files["1000"], tmp_path, edit)
-    probe = _run_without_tensorflow(tmp_path, "verify", "--goldens", str(goldens[1]),
+    probe = run_blocked(TENSORFLOW, CLI, "verify", "--goldens", str(goldens[1]),
                                     "--weights", str(bad))
     assert probe.returncode == 1
     assert probe.stderr.strip().startswith("FAIL: first divergence at Mixed_6c"), probe.stderr
@@ -178,7 +148,7 @@ def test_goldens_verify_without_tensorflow_fails_on_a_sabotaged_file(goldens, po
 
 
 def test_tensorflow_is_really_blocked(tmp_path):
-    probe = _python_without_tensorflow(tmp_path, "import tensorflow")
+    probe = run_blocked(TENSORFLOW, "import tensorflow")
     assert probe.returncode != 0 and "tensorflow is blocked" in probe.stderr
 
 
