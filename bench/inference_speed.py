@@ -1,12 +1,14 @@
-"""CPU inference speed: TF-Slim's graph vs the ported model, plain and deployed, side by side.
+"""CPU inference speed: the TF reference vs the ported model, plain and deployed, side by side.
 
-All contenders run in this one process on the same synthetic checkpoint with 2 threads each,
+For each architecture (default: all) the TF side is its oracle: TF-Slim's graph for Inception v3,
+Keras's InceptionResNetV2 (TF runtime) for Inception-ResNet-v2. All contenders run in this one
+process on the same synthetic checkpoint with 2 threads each,
 taking turns (one round = 3 batch-1 runs + 1 batch-8 run of each), so that load from other
 processes falls on all of them alike. Reports the median batch-1 latency, batch-8 images/s from
 the median batch-8 time, ratios to TF, and the start-up cost: from weights in memory to the
 first results at both batch sizes (graph build, restore, folding, weight packing).
 
-    .venv/bin/python bench/inference_speed.py [--rounds 8]
+    .venv/bin/python bench/inference_speed.py [--rounds 8] [--arch NAME ...]
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from models import deploy_model, model_for_state_dict
+from models.spec import architectures
 from porting.convert import PortOptions
 from porting.parity import compare
 from porting.photos import load_photos
@@ -60,47 +63,53 @@ def timed(run, batch: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--arch", nargs="*", choices=list(architectures()),
+                        default=list(architectures()), help="architectures to bench (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    from porting.synthetic import build_synthetic_checkpoint
-    from porting.tfslim import TFSlimInceptionV3
+    for arch in args.arch:
+        bench(architectures()[arch], args.rounds)
 
+
+def bench(spec, rounds: int) -> None:
+    oracle = spec.oracle_module()
+    print(f"\n=== {spec.title}: {spec.oracle_name} vs the ported model")
     _, photos = load_photos()
     batch1, batch8 = photos[:1].copy(), photos[:BATCH].copy()
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        prefix = build_synthetic_checkpoint(Path(tmp) / "adv_inception_v3.ckpt", photos)
-        ported = port_checkpoint(prefix, Path(tmp) / "adv_inception_v3.pth",
+        prefix = oracle.build_synthetic_checkpoint(Path(tmp) / f"adv_{spec.name}.ckpt", photos)
+        ported = port_checkpoint(prefix, Path(tmp) / f"adv_{spec.name}.pth",
                                  PortOptions(num_classes=1001)).written.path
         state_dict = torch.load(ported, weights_only=True)  # as a user loads the file
         print(f"synthetic checkpoint written and ported in {time.perf_counter() - began:.0f} s")
 
         warm_up = [batch1, batch8]
         contenders = {}
-        contenders["TF-Slim graph"] = start(
-            lambda: tf_runner(TFSlimInceptionV3(prefix, 1001, aux=True, threads=THREADS)),
+        contenders["TF reference"] = start(
+            lambda: tf_runner(oracle.Reference(prefix, 1001, aux=True, threads=THREADS)),
             warm_up)
         contenders["PyTorch plain (eager)"] = start(
             lambda: torch_runner(model_for_state_dict(state_dict)), warm_up)
         contenders["deploy_model()"] = start(
             lambda: torch_runner(deploy_model(state_dict)), warm_up)
 
-    reference = contenders["TF-Slim graph"][0](photos)
+    reference = contenders["TF reference"][0](photos)
     parity = {name: compare(run(photos), reference) for name, (run, _) in contenders.items()}
 
     load_before = os.getloadavg()[0]
     latencies = {name: [] for name in contenders}
     batch_times = {name: [] for name in contenders}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, (run, _) in contenders.items():
             latencies[name] += [timed(run, batch1) for _ in range(B1_RUNS_PER_ROUND)]
             batch_times[name].append(timed(run, batch8))
     load_after = os.getloadavg()[0]
 
-    tf_latency = statistics.median(latencies["TF-Slim graph"])
-    tf_rate = BATCH / statistics.median(batch_times["TF-Slim graph"])
-    print(f"\n{THREADS} threads, 299x299, {args.rounds} rounds: "
-          f"{args.rounds * B1_RUNS_PER_ROUND} batch-1 runs, {args.rounds} batch-{BATCH} runs each; "
+    tf_latency = statistics.median(latencies["TF reference"])
+    tf_rate = BATCH / statistics.median(batch_times["TF reference"])
+    print(f"\n{THREADS} threads, 299x299, {rounds} rounds: "
+          f"{rounds * B1_RUNS_PER_ROUND} batch-1 runs, {rounds} batch-{BATCH} runs each; "
           f"1-min load average {load_before:.1f} before, {load_after:.1f} after "
           f"({os.cpu_count()} CPUs)\n")
     header = (f"{'contender':28} {'b1 ms':>7} {'x TF':>6} {'b1 best':>8} "

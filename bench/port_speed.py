@@ -1,8 +1,9 @@
-"""Whole-process port speed and memory: native reader vs TensorFlow's, on an adv_inception_v3-sized
-synthetic checkpoint. Runs alternate (noise hits both alike); medians of wall time and peak RSS.
+"""Whole-process port speed and memory: native reader vs TensorFlow's, on release-sized
+synthetic checkpoints of each architecture (adv_inception_v3: 104 MiB, adv_inception_resnet_v2:
+~226 MiB). Runs alternate (noise hits both alike); medians of wall time and peak RSS.
 
 Targets: native wall <= 0.40 x TF's; native peak RSS <= `import torch` RSS + 1.5 x checkpoint.
-Usage: python bench/port_speed.py [--runs N] [--checkpoint PREFIX]
+Usage: python bench/port_speed.py [--runs N] [--arch NAME ...] [--checkpoint PREFIX]
 """
 from __future__ import annotations
 
@@ -42,24 +43,34 @@ def measure(command: list[str]) -> tuple[float, float]:
     return wall, rss_kib / 1024
 
 
-def build_checkpoint(folder: Path) -> Path:
+def build_checkpoint(folder: Path, arch: str) -> Path:
+    from models.spec import get_architecture
     from porting.photos import load_photos
-    from porting.synthetic import build_synthetic_checkpoint
 
-    return build_synthetic_checkpoint(folder / "adv_inception_v3.ckpt", load_photos()[1])
+    oracle = get_architecture(arch).oracle_module()
+    return oracle.build_synthetic_checkpoint(folder / f"adv_{arch}.ckpt", load_photos()[1])
 
 
 def main() -> None:
+    from models.spec import architectures
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--arch", nargs="*", choices=list(architectures()),
+                        default=list(architectures()), help="architectures to bench (default: all)")
     parser.add_argument("--checkpoint", type=Path, help="existing V2 prefix (default: build one)")
     args = parser.parse_args()
+    for arch in ([None] if args.checkpoint else args.arch):
+        bench(args, arch)
 
+
+def bench(args, arch: str | None) -> None:
+    print(f"\n=== {arch or args.checkpoint}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.checkpoint is None:
             started = time.perf_counter()
-            prefix = build_checkpoint(tmp)
+            prefix = build_checkpoint(tmp, arch)
             print(f"built synthetic checkpoint in {time.perf_counter() - started:.0f} s")
         else:
             prefix = args.checkpoint

@@ -1,16 +1,21 @@
-"""PyTorch model definitions that reproduce TensorFlow originals exactly.
+"""PyTorch definitions that reproduce TF-Slim's networks exactly, one folder per architecture.
 
-Names are imported on first use, so that the torch-free parts (``models.folding``,
-``models.layout``) can be used by the converter without importing torch.
+Each ``models/<name>/`` holds ``spec.py`` (torch-free: the TF scope -> module table, end points
+and eval config the converter uses), ``model.py`` (the PyTorch definition) and ``oracle.py``
+(the TensorFlow reference it is verified against). Names here are imported on first use, so
+that the torch-free parts (``models.spec``, ``models.folding``) never import torch.
 """
 from importlib import import_module
 
 _HOMES = {
-    "END_POINTS": "models.inception_v3",
-    "InceptionV3": "models.inception_v3",
-    "model_for_state_dict": "models.inception_v3",
+    "InceptionV3": "models.inception_v3.model",
+    "InceptionResNetV2": "models.inception_resnet_v2.model",
+    "create_model": "models.loading",
+    "model_for_state_dict": "models.loading",
     "deploy_model": "models.deploy",
     "fold_batch_norm": "models.folding",
+    "architectures": "models.spec",
+    "get_architecture": "models.spec",
 }
 __all__ = sorted(_HOMES)
 

@@ -1,4 +1,5 @@
-"""Fast CPU inference from a ported ``InceptionV3``, with the same logits (see README, "the deploy path").
+"""Fast CPU inference from a ported model of any architecture here, with the same logits (see
+README, "the deploy path").
 
 ``deploy_model`` returns a copy of the model that computes ``forward`` only:
 - batch norm folded into the convs (``fold_batch_norm``: float64 math, rounded once);
@@ -6,7 +7,9 @@
 - each conv + bias + ReLU run as one oneDNN primitive, its weight reordered once per input shape
   into oneDNN's blocked layout. Eager PyTorch reorders conv weights on every call; at batch 1
   that alone cost ~15% of the run time.
-The AuxLogits head is dropped (``forward`` never uses it).
+The AuxLogits head is dropped (``forward`` never uses it). Works for every model built from
+``models.layers.BasicConv2d`` (conv + BN + ReLU) and plain convs (Inception-ResNet's up convs,
+which keep their bias and run in channels_last as they are).
 
 Not used: ``torch.compile`` (with weight freezing) measured no faster here, slower at batch 1,
 and costs 45-70 s of compilation and a C++ compiler; TorchScript freezing was slower too.
@@ -18,7 +21,8 @@ import copy
 import torch
 from torch import nn
 
-from models.inception_v3 import BasicConv2d, InceptionV3, model_for_state_dict
+from models.layers import BasicConv2d
+from models.loading import model_for_state_dict
 
 
 class ConvReLU(nn.Module):
@@ -48,8 +52,8 @@ def _channels_last_input(module, args):
     return (args[0].contiguous(memory_format=torch.channels_last),)
 
 
-def deploy_model(model_or_state_dict: InceptionV3 | dict[str, torch.Tensor]) -> nn.Module:
-    """A fast inference copy of an ``InceptionV3`` (plain or folded) or of a ported state dict.
+def deploy_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn.Module:
+    """A fast inference copy of a ported model (plain or folded) or of a ported state dict.
 
     Call it under ``torch.inference_mode()`` or ``torch.no_grad()``. The input model is left
     untouched; the result has no AuxLogits and is not meant to be saved.

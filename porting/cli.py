@@ -55,7 +55,7 @@ class DefaultToPort(click.Group):
 @click.group(cls=DefaultToPort, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tf-porting")
 def main():
-    """Port TF-Slim Inception v3 checkpoints (adv_inception_v3 and family) to PyTorch.
+    """Port TF-Slim checkpoints (adv_inception_v3, adv_inception_resnet_v2 and family) to PyTorch.
 
     \b
     Typical use:
@@ -73,6 +73,15 @@ def _reader_choice():
     return click.Choice(sorted(READERS))
 
 
+def _arch_option(what: str):
+    from models.spec import architectures
+
+    return click.option("--arch", type=click.Choice(list(architectures())), metavar="NAME",
+                        help=f"Force the architecture of {what} (one of: "
+                             f"{', '.join(architectures())})  [default: told by the TF-Slim "
+                             "root scope of its variables, or by the Keras layers]")
+
+
 def _preprocess_choice():
     from porting.preprocess import METHODS
 
@@ -82,7 +91,8 @@ def _preprocess_choice():
 @main.command()
 @click.option("--src", required=True, metavar="CKPT",
               help="Checkpoint prefix, its .index or .data-* file, a folder holding one checkpoint, "
-                   "a release .tar.gz, or keras.applications.InceptionV3 weights (.h5 / .weights.h5).")
+                   "a release .tar.gz, or keras.applications InceptionV3 / InceptionResNetV2 "
+                   "weights (.h5 / .weights.h5).")
 @click.option("--dst", required=True, type=click.Path(dir_okay=False), metavar="FILE.pth",
               help="Requested output name; the file is written as NAME-<sha256[:8]>.pth (or "
                    ".safetensors) beside it, with NAME-<sha256[:8]>.json, its manifest.")
@@ -101,9 +111,10 @@ def _preprocess_choice():
 @click.option("--model-card", is_flag=True,
               help="Also write NAME-<sha256[:8]>.md, a model-zoo style card for the file.")
 @click.option("--force", is_flag=True, help="Replace an existing output file with different contents.")
+@_arch_option("the checkpoint")
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped variable.")
 @handles_errors
-def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, force, verbose):
+def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, force, arch, verbose):
     """Convert a checkpoint to a hashed, reproducible PyTorch state dict (.pth or .safetensors).
 
     Every model variable is mapped exactly once and every shape is checked; training leftovers
@@ -114,12 +125,14 @@ def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, f
     from porting.convert import PortOptions
     from porting.pipeline import port_checkpoint
 
-    options = PortOptions(num_classes=int(num_classes), aux=not no_aux, fold_bn=fold_bn, ema=ema)
+    options = PortOptions(num_classes=int(num_classes), aux=not no_aux, fold_bn=fold_bn, ema=ema,
+                          arch=arch)
     result = port_checkpoint(src, dst, options, reader=reader, force=force, fmt=fmt,
                              card=model_card)
     source, conversion, written = result.source, result.conversion, result.written
     where = f"{result.archive}: {source.prefix.name}" if result.archive else source.prefix
     click.echo(f"source   {where} ({source.format}, {result.variable_count} variables)")
+    click.echo(f"model    {conversion.architecture.title} ({conversion.architecture.name})")
     click.echo(f"mapped   {len(conversion.mapped)} variables -> {len(conversion.state_dict)} "
                f"tensors ({options.describe()})")
     click.echo(f"skipped  {_describe_skipped(conversion.skipped, verbose)}")
@@ -173,30 +186,40 @@ def fetch(name, dest, sha256, url):
 @click.option("--ema", is_flag=True, help="Plan as `port --ema` would (moving averages used).")
 @click.option("--reader", type=_reader_choice(), default="native", show_default=True,
               help="Checkpoint reader: native (no TensorFlow) or tf (TensorFlow's).")
+@_arch_option("the checkpoint")
 @handles_errors
-def inspect(src, no_aux, ema, reader):
+def inspect(src, no_aux, ema, reader, arch):
     """List a checkpoint's variables and where each one goes in the PyTorch model.
 
-    Reads the index only. Shows the format, every variable (dtype, shape, bytes) with its
-    PyTorch layer or the reason it is skipped, and whether `port` would accept it.
+    Reads the index only. Shows the format, the architecture, every variable (dtype, shape,
+    bytes) with its PyTorch layer or the reason it is skipped, and whether `port` would accept
+    it. Takes every --src that `port` takes.
     """
-    from porting.convert import PortOptions, destination_label, plan, plan_variables
-    from porting.readers import open_reader
+    from porting.readers import open_source
 
-    checkpoint = open_reader(src, reader)
+    with open_source(src, reader, arch) as opened:
+        _inspect(opened, no_aux, ema, arch)
+
+
+def _inspect(opened, no_aux: bool, ema: bool, arch: str | None) -> None:
+    from porting.convert import PortOptions, architecture_of, plan, plan_variables
+
+    checkpoint = opened.reader
     variables = checkpoint.variables()
-    options = PortOptions(aux=not no_aux, ema=ema)
-    verdict = None
+    options = PortOptions(aux=not no_aux, ema=ema, arch=arch)
+    verdict = spec = None
+    layers, sources, skipped = [], {}, {}
     try:
-        layers, sources, skipped = plan_variables(checkpoint, options)
+        spec = architecture_of(checkpoint, options)
+        layers, sources, skipped = plan_variables(checkpoint, options, spec)
     except PortError as err:  # still worth listing what is there
-        layers, sources, skipped, verdict = [], {}, {}, str(err)
+        verdict = str(err)
     else:
         try:  # shapes, dtypes and classes: what `port` checks next, from the index alone
             plan(checkpoint, options)
         except PortError as err:
             verdict = str(err)
-    destination = {sources[name]: destination_label(layer, role)
+    destination = {sources[name]: layer.label(role)
                    for layer in layers for role, name in layer.variables().items()}
 
     def place(name: str) -> str:
@@ -217,7 +240,10 @@ def inspect(src, no_aux, ema, reader):
 
     source = checkpoint.source
     total = sum(info.nbytes for info in variables.values() if info.dtype != object)
-    click.echo(f"\nsource   {source.prefix} ({source.format}, {len(source.files)} files)")
+    where = f"{opened.archive}: {source.prefix.name}" if opened.archive else source.prefix
+    click.echo(f"\nsource   {where} ({source.format}, {len(source.files)} files)")
+    if spec is not None:
+        click.echo(f"model    {spec.title} ({spec.name})")
     click.echo(f"total    {len(variables)} variables, {total:,} bytes ({total / 2**20:.1f} MiB)")
     if verdict is None:
         click.echo(f"mapped   {len(destination)} variables to {len(layers)} PyTorch layers")
@@ -252,14 +278,18 @@ def inspect(src, no_aux, ema, reader):
               help="Store the inputs, TF-Slim's end points and the checkpoint's sha256 in HDF5.")
 @click.option("--json", "json_path", metavar="REPORT", type=click.Path(dir_okay=False),
               help="Also write the report as JSON.")
+@_arch_option("--src")
 @handles_errors
 def verify(src, weights, goldens, images_dir, count, float64, gradients, label, ema,
-           record_goldens, json_path):
-    """Show that a ported file computes what TF-Slim computes, end point by end point.
+           record_goldens, json_path, arch):
+    """Show that a ported file computes what TensorFlow computes, end point by end point.
 
     \b
-    For each TF-Slim end point (Conv2d_1a_3x3 ... Mixed_7c, AuxLogits, PreLogits, Logits)
-    prints max |diff|, the relative error max |diff| / max(1, max |TF|) and its bound
+    The reference is the architecture's TF oracle on --src: TF-Slim's own graph for
+    Inception v3, Keras's InceptionResNetV2 (+ TF-Slim's aux head) for Inception-ResNet-v2.
+    For each TF-Slim end point (Inception v3: Conv2d_1a_3x3 ... Mixed_7c, AuxLogits,
+    PreLogits, Logits; Inception-ResNet-v2: Conv2d_1a_3x3 ... Conv2d_7b_1x1, AuxLogits,
+    PreLogitsFlatten, Logits) prints max |diff|, the relative error max |diff| / max(1, max |TF|) and its bound
     (float32: 1e-4 for the classifier outputs, 1e-3 for feature maps; --float64: 1e-10),
     then names the first end point that diverges: that is where a port went wrong.
     1000-class files are compared with TF's logits[:, 1:] (background dropped).
@@ -275,7 +305,7 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     """
     from pathlib import Path
 
-    from porting.manifest import write_json
+    from porting.files import write_json
     from porting.verify import UsageProblem, VerifyRequest, run
 
     def path(value):
@@ -284,7 +314,7 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     request = VerifyRequest(
         weights=path(weights), src=path(src), goldens=path(goldens), images_dir=path(images_dir),
         image_count=count, float64=float64, gradients=gradients, label=label, ema=ema,
-        record_goldens=path(record_goldens))
+        record_goldens=path(record_goldens), arch=arch)
     try:
         request.check()
     except UsageProblem as err:

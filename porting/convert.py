@@ -12,13 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.folding import fold_batch_norm
-from models.layout import target_layout
+from models.spec import (EMA_SUFFIX, Architecture, Layer, UnknownArchitecture,
+                         detect_architecture, get_architecture, non_model_reason)
 from porting.errors import PortError
-from porting.name_map import CLASSIFIER, CONV_BN, EMA_SUFFIX, LAYERS, Layer, non_model_reason
-from porting.readers import CheckpointReader
-
-TF_CLASSES = 1001  # TF-Slim ImageNet classifiers: index 0 is "background"
+from porting.reader_api import CheckpointReader
 
 
 @dataclass(frozen=True)
@@ -27,6 +24,7 @@ class PortOptions:
     aux: bool = True         # port the AuxLogits head
     fold_bn: bool = False    # fold batch norm into conv weights and biases (deploy variant)
     ema: bool = False        # take /ExponentialMovingAverage shadows where present
+    arch: str | None = None  # force the architecture (default: told by the variables' root scope)
 
     def describe(self) -> str:
         flags = [f"{self.num_classes} classes", "aux" if self.aux else "no aux"]
@@ -40,6 +38,7 @@ class Conversion:
     mapped: dict[str, str] = field(default_factory=dict)   # TF variable -> PyTorch key(s)
     skipped: dict[str, str] = field(default_factory=dict)  # TF variable -> reason
     source_classes: int = 0
+    architecture: Architecture | None = None
 
 
 def _fmt_names(names, limit: int = 4) -> str:
@@ -48,23 +47,33 @@ def _fmt_names(names, limit: int = 4) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def destination_label(layer: Layer, role: str) -> str:
-    """Where a checkpoint variable lands, as reports show it: ``Mixed_5b.branch1x1 (weight)``."""
-    return f"{layer.torch_name} ({role})"
+def architecture_of(reader: CheckpointReader, options: PortOptions) -> Architecture:
+    """``--arch`` if given; else what the reader knows (Keras weights) or the root scope of the
+    checkpoint's variables tells."""
+    path = reader.source.files[0]
+    try:
+        if options.arch:
+            return get_architecture(options.arch)
+        known = getattr(reader, "architecture", None)
+        return known or detect_architecture(reader.variables())
+    except UnknownArchitecture as err:
+        raise PortError(f"{path}: {err}") from err
 
 
-def plan_variables(reader: CheckpointReader, options: PortOptions) -> tuple[list[Layer], dict, dict]:
-    """Decide, from the index alone, which layers to port, where each value comes from, and
-    what is skipped. Returns (layers, source name for each model variable, skipped)."""
+def plan_variables(reader: CheckpointReader, options: PortOptions,
+                   spec: Architecture) -> tuple[list[Layer], dict, dict]:
+    """Decide, from the index alone, which layers of ``spec`` to port, where each value comes
+    from, and what is skipped. Returns (layers, source name for each model variable, skipped)."""
     available = reader.variables()
     path = reader.source.files[0]
-    layers = [layer for layer in LAYERS if options.aux or not layer.is_aux]
+    layers = [layer for layer in spec.layers if options.aux or not layer.is_aux]
     wanted = {name for layer in layers for name in layer.variables().values()}
-    aux_names = {name for layer in LAYERS if layer.is_aux for name in layer.variables().values()}
+    aux_names = {name for layer in spec.layers if layer.is_aux
+                 for name in layer.variables().values()}
 
     if not wanted & available.keys() - aux_names:
         sample = _fmt_names([n for n in available if non_model_reason(n) is None], 3) or "nothing"
-        raise PortError(f"{path}: not a TF-Slim Inception v3 checkpoint: none of its "
+        raise PortError(f"{path}: not a TF-Slim {spec.title} checkpoint: none of its "
                         f"{len(wanted)} variables found (it holds {sample})")
     if options.aux and not aux_names & available.keys():
         raise PortError(f"{path}: checkpoint has no AuxLogits variables; "
@@ -97,39 +106,28 @@ def plan_variables(reader: CheckpointReader, options: PortOptions) -> tuple[list
         else:
             unexpected.append(name)
     if unexpected:
-        raise PortError(f"{path}: {len(unexpected)} variables with no place in Inception v3: "
+        raise PortError(f"{path}: {len(unexpected)} variables with no place in {spec.title}: "
                         f"{_fmt_names(unexpected)}")
     return layers, sources, skipped
 
 
-def _expected_tf_shape(kind: str, role: str, weight_shape: tuple, classes: int) -> tuple:
-    """Shape a TF variable must have to fill a PyTorch layer whose weight has ``weight_shape``."""
-    if kind == CONV_BN:  # conv OIHW <- TF HWIO; batch-norm vectors per output channel
-        out_chs, in_chs, kh, kw = weight_shape
-        return (kh, kw, in_chs, out_chs) if role == "weight" else (out_chs,)
-    in_chs = weight_shape[1]  # classifier [C, in] <- TF [1, 1, in, C]
-    return (1, 1, in_chs, classes) if role == "weight" else (classes,)
-
-
-def _check_shapes(reader, layers, sources, layout, options) -> int:
+def _check_shapes(reader, spec: Architecture, layers, sources, options) -> int:
     """Check every variable's dtype and shape against the target; return the source's classes."""
     available = reader.variables()
     path = reader.source.files[0]
-    logits_bias = sources[CLASSIFIER.variables()["bias"]]
+    logits_bias = sources[spec.classifier.variables()["bias"]]
     if len(available[logits_bias].shape) != 1:
         raise PortError(f"{path}: {logits_bias} has shape {list(available[logits_bias].shape)}, "
                         "expected [classes]")
     source_classes = available[logits_bias].shape[0]
-    if options.num_classes != source_classes and not (
-            options.num_classes == TF_CLASSES - 1 and source_classes == TF_CLASSES):
+    if options.num_classes != source_classes - label_offset(spec, source_classes, options):
         raise PortError(f"{path}: checkpoint classifier has {source_classes} classes; "
                         f"--num-classes {options.num_classes} cannot be made from it")
     for layer in layers:
-        weight_key = "conv.weight" if layer.kind == CONV_BN else "weight"
-        weight_shape = layout[f"{layer.torch_name}.{weight_key}"]
+        expected_shapes = layer.kind.tf_shapes(layer.shape, source_classes)
         for role, name in layer.variables().items():
             info = available[sources[name]]
-            expected = _expected_tf_shape(layer.kind, role, weight_shape, source_classes)
+            expected = expected_shapes[role]
             if info.shape != expected:
                 raise PortError(f"{path}: {sources[name]} has shape {list(info.shape)}, "
                                 f"expected {list(expected)}")
@@ -138,38 +136,19 @@ def _check_shapes(reader, layers, sources, layout, options) -> int:
     return source_classes
 
 
-def _f32(array: np.ndarray) -> np.ndarray:
-    """C-contiguous little-endian float32, as the writers store it; an array (or view) already
-    in that form is used as it is, since readers hand out a fresh buffer per read."""
-    return np.ascontiguousarray(array, dtype="<f4")
-
-
-def _conv_bn_tensors(prefix: str, v: dict[str, np.ndarray], fold_bn: bool) -> dict:
-    weight = v["weight"].transpose(3, 2, 0, 1)  # HWIO -> OIHW, a view until it is copied
-    if fold_bn:
-        # The checkpoint's own precision in, float64 math, float32 out: rounded once.
-        weight, bias = fold_batch_norm(weight, v["beta"], v["mean"], v["var"], dtype="<f4")
-        return {f"{prefix}.conv.weight": weight, f"{prefix}.conv.bias": bias}
-    return {
-        f"{prefix}.conv.weight": _f32(weight),
-        f"{prefix}.bn.weight": np.ones(len(v["beta"]), "<f4"),  # TF-Slim batch norm has no gamma
-        f"{prefix}.bn.bias": _f32(v["beta"]),
-        f"{prefix}.bn.running_mean": _f32(v["mean"]),
-        f"{prefix}.bn.running_var": _f32(v["var"]),
-        f"{prefix}.bn.num_batches_tracked": np.array(0, "<i8"),
-    }
-
-
-def _logits_tensors(prefix: str, v: dict[str, np.ndarray], drop_background: bool) -> dict:
-    weight, bias = v["weight"][0, 0].T, v["bias"]  # [1, 1, in, C] -> [C, in]
-    if drop_background:
-        weight, bias = weight[1:], bias[1:]
-    return {f"{prefix}.weight": _f32(weight), f"{prefix}.bias": _f32(bias)}
+def label_offset(spec: Architecture, source_classes: int, options: PortOptions) -> int:
+    """How many leading classes (TF-Slim's background) the port drops: the architecture's
+    label offset when the checkpoint has TF-Slim's classes and fewer are asked for, else 0."""
+    offset = spec.eval.label_offset
+    if source_classes == spec.eval.num_classes and options.num_classes == source_classes - offset:
+        return offset
+    return 0
 
 
 @dataclass(frozen=True)
 class Plan:
     """Everything a port decides from the index alone, before any tensor is read."""
+    architecture: Architecture
     layers: list[Layer]
     sources: dict[str, str]   # model variable -> checkpoint variable that supplies it
     skipped: dict[str, str]   # checkpoint variable -> reason
@@ -179,30 +158,26 @@ class Plan:
 
 def plan(reader: CheckpointReader, options: PortOptions) -> Plan:
     """Names, shapes and dtypes checked against the target; PortError on anything wrong."""
-    layers, sources, skipped = plan_variables(reader, options)
-    layout = target_layout(options.num_classes, options.aux, options.fold_bn)
-    source_classes = _check_shapes(reader, layers, sources, layout, options)
-    return Plan(layers, sources, skipped, layout, source_classes)
+    spec = architecture_of(reader, options)
+    layers, sources, skipped = plan_variables(reader, options, spec)
+    source_classes = _check_shapes(reader, spec, layers, sources, options)
+    layout = spec.target_layout(options.num_classes, options.aux, options.fold_bn)
+    return Plan(spec, layers, sources, skipped, layout, source_classes)
 
 
 def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> Conversion:
     """Build the PyTorch state dict for ``options`` from ``reader``'s checkpoint."""
     checked = plan(reader, options)
     layers, sources, skipped, layout = checked.layers, checked.sources, checked.skipped, checked.layout
-    source_classes = checked.source_classes
-    drop_background = source_classes == TF_CLASSES and options.num_classes == TF_CLASSES - 1
+    drop = label_offset(checked.architecture, checked.source_classes, options)
 
     tensors, mapped = {}, {}
     for layer in layers:
         names = layer.variables()
         values = {role: reader.read(sources[name]) for role, name in names.items()}
-        if layer.kind == CONV_BN:
-            produced = _conv_bn_tensors(layer.torch_name, values, options.fold_bn)
-        else:
-            produced = _logits_tensors(layer.torch_name, values, drop_background)
+        tensors.update(layer.kind.tensors(layer.module, values, options.fold_bn, drop))
         for role, name in names.items():
-            mapped[sources[name]] = destination_label(layer, role)
-        tensors.update(produced)
+            mapped[sources[name]] = layer.label(role)
 
     # Accounting: exactly the target's keys, each with the target's shape.
     if tensors.keys() != layout.keys():
@@ -213,4 +188,5 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
         if tensors[key].shape != shape:
             raise AssertionError(f"{key}: produced {list(tensors[key].shape)}, model wants {list(shape)}")
     state_dict = OrderedDict((key, tensors[key]) for key in layout)
-    return Conversion(state_dict, mapped, dict(sorted(skipped.items())), source_classes)
+    return Conversion(state_dict, mapped, dict(sorted(skipped.items())), checked.source_classes,
+                      checked.architecture)

@@ -1,18 +1,21 @@
 """``make demo``: the main job end to end, port + parity against TensorFlow on real photos.
 
 Ports the adv_inception_v3 release if it is under checkpoints/ (the archive, or its unpacked
-checkpoint anywhere below). Otherwise builds a SYNTHETIC TF-Slim checkpoint (TF-Slim's own
-graph, random calibrated weights) under out/demo/ and ports that, labelled as such throughout.
+checkpoint anywhere below). Otherwise builds a SYNTHETIC checkpoint with the architecture's
+oracle (for Inception v3: TF-Slim's own graph, random calibrated weights) under out/demo/ and
+ports that, labelled as such throughout. ``python -m porting.demo RELEASE`` does the same for
+another release of the registry.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from porting.convert import PortOptions
+from models.calibration import synthetic_label
+from models.spec import get_architecture
+from porting.convert import PortOptions, label_offset
 from porting.parity import compare, torch_outputs
 from porting.registry import get_release
 
@@ -20,55 +23,57 @@ ROOT = Path(__file__).resolve().parent.parent
 RELEASE = "adv_inception_v3"
 
 
-def find_release(folder: Path = ROOT / "checkpoints") -> Path | None:
-    release = get_release(RELEASE)
+def find_release(name: str, folder: Path = ROOT / "checkpoints") -> Path | None:
+    release = get_release(name)
     archive = folder / release.archive
     if archive.is_file():
         return archive
-    return next((p.with_suffix("") for p in sorted(folder.rglob(f"{release.checkpoint}.index"))), None)
+    pattern = f"{release.checkpoint}.index" if release.format == "V2" else release.checkpoint
+    found = next(iter(sorted(folder.rglob(pattern))), None)
+    return found.with_suffix("") if found is not None and release.format == "V2" else found
 
 
-def synthetic_source(out: Path) -> Path:
-    """The synthetic checkpoint, built once and reused on later runs."""
+def synthetic_source(out: Path, name: str) -> Path:
+    """The synthetic checkpoint of release ``name``'s architecture, built once and reused."""
     from porting.photos import load_photos
-    from porting.synthetic import build_synthetic_checkpoint
 
-    prefix = out / f"synthetic_{RELEASE}.ckpt"
+    spec = get_architecture(get_release(name).architecture)
+    prefix = out / f"synthetic_{name}.ckpt"
     if not Path(f"{prefix}.index").is_file():
         print(f"building a synthetic TF-Slim checkpoint at {prefix} (about a minute) ...", flush=True)
-        build_synthetic_checkpoint(prefix, load_photos()[1])
+        spec.oracle_module().build_synthetic_checkpoint(prefix, load_photos()[1])
     return prefix
 
 
-def main() -> int:
-    from porting.synthetic import SYNTHETIC_LABEL
-
+def main(name: str = RELEASE) -> int:
+    release = get_release(name)
     out = ROOT / "out" / "demo"
-    src = find_release()
-    label = f"the {RELEASE} release" if src else SYNTHETIC_LABEL
+    src = find_release(name)
+    label = f"the {name} release" if src else synthetic_label(release.architecture)
     print(f"== port-weights demo on {label}", flush=True)
     if src is None:
-        src = synthetic_source(out)
-    stem = RELEASE if src.name.startswith(RELEASE) else f"synthetic_{RELEASE}"
+        src = synthetic_source(out, name)
+    stem = name if src.name.startswith(name) else f"synthetic_{name}"
     return port_and_check(src, out / f"{stem}.pth", shown_as=f"{src}  [{label}]")
 
 
-def tf_slim_logits(src: Path, images) -> np.ndarray:
-    """TF-Slim's logits for ``images`` on the checkpoint at ``src`` (an archive is unpacked)."""
-    from porting.archives import is_archive, unpacked
-    from porting.sources import resolve_source
-    from porting.tfslim import TFSlimInceptionV3
+def reference_logits(src: Path, images) -> np.ndarray:
+    """The TF reference's logits for ``images`` on the checkpoint at ``src`` (an archive is
+    unpacked for the while)."""
+    from porting.convert import architecture_of
+    from porting.readers import open_source
 
-    with (unpacked(src) if is_archive(src) else contextlib.nullcontext(src)) as checkpoint:
-        tf_model = TFSlimInceptionV3.for_checkpoint(resolve_source(checkpoint).prefix)
+    with open_source(src) as opened:
+        spec = architecture_of(opened.reader, PortOptions())
+        tf_model = spec.oracle_module().Reference.for_checkpoint(opened.reader.source.prefix)
         try:
-            return tf_model(images)["Logits"]
+            return tf_model(images, ("Logits",))["Logits"]
         finally:
             tf_model.close()
 
 
 def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
-    """Port ``src`` with the default options, then compare with TF-Slim on the photos."""
+    """Port ``src`` with the default options, then compare with the TF reference on the photos."""
     from porting.photos import load_photos
     from porting.pipeline import port_checkpoint
     from porting.weights import load_ported
@@ -78,13 +83,14 @@ def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
     conversion = result.conversion
 
     names, images = load_photos()
-    background = conversion.source_classes - options.num_classes  # 1 when row 0 was dropped
-    reference = tf_slim_logits(src, images)[:, background:]
+    dropped = label_offset(conversion.architecture, conversion.source_classes, options)
+    reference = reference_logits(src, images)[:, dropped:]  # TF's background left out
     model = load_ported(result.written.path)  # the written file, as a user loads it
     parity = compare(torch_outputs(model, images, len(images))["Logits"], reference)
 
     skipped = "; ".join(f"{n} ({why})" for n, why in conversion.skipped.items()) or "none"
     print(f"source     {shown_as}")
+    print(f"model      {conversion.architecture.title} ({conversion.architecture.name})")
     print(f"variables  {len(conversion.mapped)} mapped, {len(conversion.skipped)} skipped: {skipped}")
     print(f"output     {result.written.path}  ({options.describe()})")
     print(f"sha256     {result.written.sha256}")
@@ -96,4 +102,4 @@ def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*sys.argv[1:2]))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from porting.errors import PortError
-from porting.writer import sha256_file
+from porting.files import cannot_write, sha256_file
 
 CHUNK = 1 << 20
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
@@ -157,7 +157,7 @@ def download(url: str, dest: Path, expected_sha256: str | None = None, *, retrie
             _transfer(url, part, timeout, progress)
             break
         except OSError as err:  # the network's errors are _Retryable by now: this one is local
-            raise PortError(f"{err.filename or part}: cannot write: {err.strerror or err}") from err
+            raise cannot_write(part, err) from err
         except _Retryable as err:
             if attempt == retries:
                 raise PortError(f"{url}: download failed after {retries + 1} attempts: {err} "

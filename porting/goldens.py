@@ -6,7 +6,8 @@ Layout (format ``tf-porting-goldens/1``):
     image_names           [N]               where each image came from
     end_points/<name>     TF-Slim's end point as TF returns it (4-D ones NHWC, 1001-class logits)
     attrs: checkpoint, checkpoint_sha256 (JSON {file name: sha256}), num_classes, aux, ema,
-           dtype, tensorflow, tf_slim (versions that computed the end points)
+           dtype, architecture (absent in files recorded before there were several: Inception
+           v3), tensorflow, tf_slim, keras (versions that computed the end points)
 Datasets are chunked per image and gzip-compressed (ReLU maps hold many zeros).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from porting.errors import PortError
-from porting.writer import move_into_place, temporary_beside
+from porting.files import cannot_write, move_into_place, temporary_beside
 
 FORMAT = "tf-porting-goldens/1"
 
@@ -36,6 +37,7 @@ class SourceInfo:
     aux: bool
     ema: bool
     dtype: str
+    architecture: str = "inception_v3"
 
 
 class GoldenRecorder:
@@ -49,7 +51,7 @@ class GoldenRecorder:
         try:
             fd, self._tmp = temporary_beside(self.path)
         except OSError as err:
-            raise PortError(f"{self.path}: cannot write: {err.strerror or err}") from err
+            raise cannot_write(self.path, err) from err
         os.close(fd)  # h5py opens it by name
         self._file = None
         try:
@@ -57,18 +59,16 @@ class GoldenRecorder:
             self._file.attrs.update({"format": FORMAT, "checkpoint": source.checkpoint,
                                      "checkpoint_sha256": json.dumps(source.sha256),
                                      "num_classes": source.num_classes, "aux": source.aux,
-                                     "ema": source.ema, "dtype": source.dtype, **_versions()})
+                                     "ema": source.ema, "dtype": source.dtype,
+                                     "architecture": source.architecture, **_versions()})
             self._dataset("inputs", inputs.shape, inputs.dtype)[...] = inputs
             self._file["image_names"] = np.array(names, dtype=h5py.string_dtype())
         except BaseException as err:
             self.abandon()
             if isinstance(err, OSError):  # disk full, no permission: h5py's errors are OSErrors
-                raise self._cannot_write(err) from err
+                raise cannot_write(self.path, err) from err
             raise
         self._count = len(inputs)
-
-    def _cannot_write(self, err: OSError) -> PortError:
-        return PortError(f"{self.path}: cannot write: {err.strerror or err}")
 
     def _dataset(self, name: str, shape: tuple, dtype):
         return self._file.create_dataset(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]),
@@ -85,7 +85,7 @@ class GoldenRecorder:
                         self._dataset(key, (self._count, *value.shape[1:]), value.dtype)
                     self._file[key][start:stop] = value
             except OSError as err:  # the caller abandons the recording
-                raise self._cannot_write(err) from err
+                raise cannot_write(self.path, err) from err
             return outputs
         return record
 
@@ -97,7 +97,7 @@ class GoldenRecorder:
             move_into_place(self._tmp, self.path)
         except OSError as err:
             self._tmp.unlink(missing_ok=True)
-            raise self._cannot_write(err) from err
+            raise cannot_write(self.path, err) from err
         return self.path
 
     def abandon(self) -> None:
@@ -116,7 +116,7 @@ def _versions() -> dict[str, str]:
 
     import tensorflow as tf
 
-    return {"tensorflow": tf.__version__, "tf_slim": version("tf-slim")}
+    return {"tensorflow": tf.__version__, "tf_slim": version("tf-slim"), "keras": version("keras")}
 
 
 _ATTRS = ("checkpoint", "checkpoint_sha256", "num_classes", "aux", "ema", "dtype")
@@ -156,7 +156,7 @@ class Goldens:
             raise PortError(f"{self.path}: incomplete golden file: no {', '.join(missing)}")
         self.source = SourceInfo(str(attrs["checkpoint"]), json.loads(attrs["checkpoint_sha256"]),
                                  int(attrs["num_classes"]), bool(attrs["aux"]), bool(attrs["ema"]),
-                                 str(attrs["dtype"]))
+                                 str(attrs["dtype"]), str(attrs.get("architecture", "inception_v3")))
         self.inputs = self._file["inputs"][...]
         self.names = [n.decode() if isinstance(n, bytes) else n for n in self._file["image_names"]]
         self.end_points = tuple(self._file["end_points"])

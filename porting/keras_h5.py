@@ -1,4 +1,4 @@
-"""Keras HDF5 weights of ``keras.applications.InceptionV3``, read with h5py alone.
+"""Keras HDF5 weights of a ``keras.applications`` model, read with h5py alone.
 
 Two layouts are accepted:
 - Keras 2 legacy ``.h5`` (``save_weights`` or a full ``save``, weights under ``model_weights``):
@@ -7,12 +7,14 @@ Two layouts are accepted:
   in ``model.layers`` order, and the ``vars`` group carries the layer's ``name`` attribute.
 
 Which conv is which: ``model.layers`` (and so both files' order) is sorted by graph depth,
-which interleaves the branches of each Inception block, but Keras names layers with a counter
-in creation order (``conv2d``, ``conv2d_1``, ...), and keras.applications creates them in
-TF-Slim's scope order (Branch_0..3, top to bottom). So the k-th conv and k-th batch norm by
-name counter are the k-th conv layer of ``porting.name_map`` (without the aux head); the
-tests prove it against Keras's own predictions. The reader presents the weights under TF-Slim
-variable names, so the converter and its checks are the same for every source.
+which interleaves the branches of each Inception block, but Keras names the layers it is not
+told to name with a counter in creation order (``conv2d``, ``conv2d_1``, ...), and
+keras.applications creates them in TF-Slim's scope order (Branch_0..3, top to bottom). So the
+k-th counted conv and batch norm are the k-th non-aux ``conv_bn`` row of the architecture's
+table, once the layers keras.applications names itself are set aside; each architecture's
+``KerasAdapter`` (``models/<name>/spec.py``) lists those. The tests prove it against Keras's own
+predictions. The reader presents the weights under TF-Slim variable names, so the converter and
+its checks are the same for every source.
 """
 from __future__ import annotations
 
@@ -23,26 +25,27 @@ from typing import Mapping
 
 import numpy as np
 
+from models.spec import Architecture, architectures, get_architecture
 from porting.errors import PortError
-from porting.name_map import CLASSIFIER, CONV_BN, LAYERS
-from porting.readers import VariableInfo
+from porting.reader_api import VariableInfo
 from porting.sources import CheckpointSource
 
 KERAS2, KERAS3 = "Keras 2 HDF5", "Keras 3 HDF5"
 H5_SUFFIXES = (".h5", ".hdf5")
 
-# Keras 3 stores variables by position; the order in which each layer class creates them.
+# Keras 3 stores variables by position; the order in which each layer class creates them
+# (keras.applications' convs have a bias only where they have no batch norm; BN has no gamma).
 _KERAS3_VARS = {
-    "conv2d": ("kernel",),  # use_bias=False in keras.applications.InceptionV3
-    "batch_normalization": ("beta", "moving_mean", "moving_variance"),  # scale=False: no gamma
-    "dense": ("kernel", "bias"),
+    "conv2d": (("kernel",), ("kernel", "bias")),
+    "batch_normalization": (("beta", "moving_mean", "moving_variance"),),
+    "dense": (("kernel", "bias"),),
 }
 _COUNTED_NAME = re.compile(r"(conv2d|batch_normalization)(?:_(\d+))?")
 
 
 @dataclass(frozen=True)
 class _KerasLayer:
-    name: str                 # the Keras layer name, e.g. "conv2d_12"
+    name: str                 # the Keras layer name, e.g. "conv2d_12" or "block35_1_conv"
     kind: str                 # "conv2d", "batch_normalization" or "dense"
     weights: dict             # role ("kernel", "beta", ...) -> h5py dataset
 
@@ -66,13 +69,17 @@ def _chunked_attr(group, name: str) -> list[str]:
     return values
 
 
-def _kind_of(path: Path, name: str, roles) -> str:
-    if name == "predictions" or set(roles) == {"kernel", "bias"}:
+def _kind_of(path: Path, name: str, weights: dict) -> str:
+    """A Keras 2 layer's class, from the roles and ranks of its weights."""
+    roles = set(weights)
+    if "moving_mean" in roles:
+        return "batch_normalization"
+    if "kernel" in roles and len(weights["kernel"].shape) == 4:
+        return "conv2d"
+    if roles == {"kernel", "bias"}:
         return "dense"
-    match = _COUNTED_NAME.fullmatch(name)
-    if not match:
-        raise PortError(f"{path}: layer {name!r} is not part of keras.applications.InceptionV3")
-    return match.group(1)
+    raise PortError(f"{path}: layer {name!r} ({', '.join(sorted(roles))}) is no conv, batch "
+                    "norm or dense layer of a keras.applications model")
 
 
 def _keras2_layers(path: Path, root) -> list[_KerasLayer]:
@@ -95,34 +102,118 @@ def _keras3_layers(path: Path, root) -> list[_KerasLayer]:
         if variables is None or not len(variables):
             continue
         kind = re.sub(r"_\d+$", "", group_name)
-        roles = _KERAS3_VARS.get(kind)
-        if roles is None or len(variables) != len(roles):
-            raise PortError(f"{path}: layers/{group_name} ({len(variables)} variables) is not part "
-                            "of keras.applications.InceptionV3")
+        roles = next((r for r in _KERAS3_VARS.get(kind, ()) if len(r) == len(variables)), None)
+        if roles is None:
+            raise PortError(f"{path}: layers/{group_name} ({len(variables)} variables) is no "
+                            "conv, batch norm or dense layer of a keras.applications model")
         if "name" not in variables.attrs:
             raise PortError(f"{path}: layers/{group_name} has no layer name (saved by an older "
                             "Keras 3), so its place in the network cannot be told")
         name = _text(variables.attrs["name"])
-        if kind != "dense" and not _COUNTED_NAME.fullmatch(name):  # its counter orders it
-            raise PortError(f"{path}: layers/{group_name} is named {name!r}, not a layer of "
-                            "keras.applications.InceptionV3")
         weights = {role: variables[str(i)] for i, role in enumerate(roles)}
         layers.append(_KerasLayer(name, kind, weights))
     return layers
 
 
-def _creation_order(layers: list[_KerasLayer], kind: str) -> list[_KerasLayer]:
-    """Layers of ``kind`` sorted by Keras's name counter ("conv2d" is 0, "conv2d_7" is 7)."""
-    chosen = [layer for layer in layers if layer.kind == kind]
-    return sorted(chosen, key=lambda l: int(_COUNTED_NAME.fullmatch(l.name).group(2) or 0))
+def _counter(layer: _KerasLayer) -> int:
+    """Keras's name counter: "conv2d" is 0, "conv2d_7" is 7."""
+    return int(_COUNTED_NAME.fullmatch(layer.name).group(2) or 0)
+
+
+def _counted(layers: list[_KerasLayer], kind: str) -> list[_KerasLayer]:
+    """Layers of ``kind`` that Keras named by its counter, in creation order."""
+    chosen = [layer for layer in layers if layer.kind == kind and
+              (match := _COUNTED_NAME.fullmatch(layer.name)) and match.group(1) == kind]
+    return sorted(chosen, key=_counter)
+
+
+class _Mapping:
+    """TF-Slim variable name -> (h5py dataset, Keras weight name) for one architecture."""
+
+    def __init__(self, path: Path, spec: Architecture, layers: list[_KerasLayer]):
+        self.path, self.spec = path, spec
+        adapter = spec.keras
+        by_name = {layer.name: layer for layer in layers}
+        scopes = {layer.scope: layer for layer in spec.layers}
+        named_scopes = {f"{spec.tf_root}/{scope}" for scope in adapter.named.values()}
+        targets = [layer for layer in spec.layers if layer.kind.name == "conv_bn"
+                   and not layer.is_aux and layer.scope not in named_scopes]
+        convs, norms = _counted(layers, "conv2d"), _counted(layers, "batch_normalization")
+        dense = [layer for layer in layers if layer.kind == "dense"]
+        missing = [name for name in adapter.named if name not in by_name]
+        if missing or not len(convs) == len(norms) == len(targets) or len(dense) != 1:
+            raise _NotThisArchitecture(
+                f"{len(convs)} counted conv, {len(norms)} batch-norm and {len(dense)} dense "
+                f"layers" + (f", no {missing[0]}" if missing else "") + f"; "
+                f"{adapter.application} has {len(targets)}, {len(targets)} and 1")
+        self.datasets, self.names = {}, {}
+        used = set()
+        for target, conv, norm in zip(targets, convs, norms):
+            self._conv_bn(target, conv, norm)
+            used |= {conv.name, norm.name}
+        for keras_name, scope in adapter.named.items():
+            target = scopes[f"{spec.tf_root}/{scope}"]
+            if target.kind.name == "conv_bn":
+                norm = by_name.get(f"{keras_name}_bn")
+                if norm is None:
+                    raise PortError(f"{path}: layer {keras_name!r} has no batch norm "
+                                    f"{keras_name}_bn")
+                self._conv_bn(target, by_name[keras_name], norm)
+                used |= {keras_name, norm.name}
+            else:
+                variables = target.variables()
+                self._take(variables["weight"], by_name[keras_name], "kernel")
+                self._take(variables["bias"], by_name[keras_name], "bias")
+                used.add(keras_name)
+        classifier = spec.classifier.variables()
+        self._take(classifier["weight"], dense[0], "kernel")
+        self._take(classifier["bias"], dense[0], "bias")
+        used.add(dense[0].name)
+        extra = [layer.name for layer in layers if layer.name not in used]
+        if extra:
+            raise PortError(f"{path}: layer {extra[0]!r} is not part of {adapter.application}")
+
+    def _take(self, tf_name: str, layer: _KerasLayer, role: str) -> None:
+        if role not in layer.weights:
+            raise PortError(f"{self.path}: layer {layer.name!r} has no {role} "
+                            f"(it holds {', '.join(layer.weights)})")
+        self.datasets[tf_name], self.names[tf_name] = layer.weights[role], f"{layer.name}/{role}"
+
+    def _conv_bn(self, target, conv: _KerasLayer, norm: _KerasLayer) -> None:
+        variables = target.variables()  # shapes are checked against the model by convert
+        self._take(variables["weight"], conv, "kernel")  # Keras kernels are HWIO, as TF's
+        for role, keras_role in (("beta", "beta"), ("mean", "moving_mean"),
+                                 ("var", "moving_variance")):
+            self._take(variables[role], norm, keras_role)
+
+
+class _NotThisArchitecture(PortError):
+    """The file's layers do not fit one architecture's Keras adapter."""
+
+
+def _match(path: Path, layers: list[_KerasLayer], arch: str | None) -> _Mapping:
+    """The mapping of the one architecture whose keras.applications model the layers fit."""
+    candidates = [get_architecture(arch)] if arch else [
+        spec for spec in architectures().values() if spec.keras is not None]
+    misfits = []
+    for spec in candidates:
+        if spec.keras is None:
+            raise PortError(f"{path}: --arch {spec.name} has no Keras weights layout")
+        try:
+            return _Mapping(path, spec, layers)
+        except _NotThisArchitecture as err:
+            misfits.append(f"{spec.name}: {err}")
+    raise PortError(f"{path}: not the weights of a known keras.applications model "
+                    f"({'; '.join(misfits)})")
 
 
 class KerasReader:
-    """A CheckpointReader over a Keras InceptionV3 weights file, with TF-Slim variable names."""
+    """A CheckpointReader over Keras weights of a ``keras.applications`` model, with TF-Slim
+    variable names; ``arch`` forces the architecture (default: the one the layers fit)."""
 
     kind = "h5py"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, arch: str | None = None):
         import h5py  # only this reader needs it
 
         self.path = Path(path)
@@ -133,15 +224,15 @@ class KerasReader:
         except OSError as err:
             raise PortError(f"{self.path}: not an HDF5 file: {err}") from err
         try:
-            self._index(self._file)
+            self._index(self._file, arch)
         except BaseException as err:
             self._file.close()
             if isinstance(err, KeyError):  # a group or dataset the layout promises is missing
-                raise PortError(f"{self.path}: not a Keras InceptionV3 weights file: "
-                                f"missing {err}") from err
+                raise PortError(f"{self.path}: not a Keras weights file of a keras.applications "
+                                f"model: missing {err}") from err
             raise
 
-    def _index(self, root) -> None:
+    def _index(self, root, arch: str | None) -> None:
         """Find every layer's weights and name them as TF-Slim's variables."""
         if "layers" in root:
             layers, fmt = _keras3_layers(self.path, root), KERAS3
@@ -152,45 +243,17 @@ class KerasReader:
                                 "attribute and no layers/ group)")
             layers, fmt = _keras2_layers(self.path, root), KERAS2
         self.source = CheckpointSource(self.path, fmt, (self.path,))
-        self._datasets, self._keras_names = self._map(layers)
-        self._variables = {
-            name: VariableInfo(np.dtype(ds.dtype), self._tf_shape(name, ds.shape))
-            for name, ds in sorted(self._datasets.items())
-        }
-
-    def _map(self, layers: list[_KerasLayer]) -> tuple[dict, dict]:
-        """TF-Slim variable name -> dataset, and -> the Keras weight it comes from."""
-        convs = _creation_order(layers, "conv2d")
-        norms = _creation_order(layers, "batch_normalization")
-        dense = [layer for layer in layers if layer.kind == "dense"]
-        targets = [layer for layer in LAYERS if layer.kind == CONV_BN and not layer.is_aux]
-        if not (len(convs) == len(norms) == len(targets)) or len(dense) != 1:
-            raise PortError(f"{self.path}: {len(convs)} conv, {len(norms)} batch-norm and "
-                            f"{len(dense)} dense layers; keras.applications.InceptionV3 has "
-                            f"{len(targets)}, {len(targets)} and 1")
-        datasets, names = {}, {}
-
-        def take(tf_name: str, layer: _KerasLayer, role: str):
-            if role not in layer.weights:
-                raise PortError(f"{self.path}: layer {layer.name!r} has no {role} "
-                                f"(it holds {', '.join(layer.weights)})")
-            datasets[tf_name], names[tf_name] = layer.weights[role], f"{layer.name}/{role}"
-
-        for target, conv, norm in zip(targets, convs, norms):
-            tf_vars = target.variables()  # shapes are checked against the model by convert
-            take(tf_vars["weight"], conv, "kernel")  # Keras kernels are HWIO, as TF's
-            for role, keras_role in (("beta", "beta"), ("mean", "moving_mean"),
-                                     ("var", "moving_variance")):
-                take(tf_vars[role], norm, keras_role)
-        classifier = CLASSIFIER.variables()
-        take(classifier["weight"], dense[0], "kernel")
-        take(classifier["bias"], dense[0], "bias")
-        return datasets, names
-
-    @staticmethod
-    def _tf_shape(name: str, shape) -> tuple[int, ...]:
-        # Keras's Dense kernel [in, classes] is TF-Slim's 1x1 conv [1, 1, in, classes].
-        return (1, 1, *shape) if name == CLASSIFIER.variables()["weight"] else tuple(shape)
+        mapping = _match(self.path, layers, arch)
+        self.architecture = mapping.spec
+        self._datasets, self._keras_names = mapping.datasets, mapping.names
+        classifier_weight = mapping.spec.classifier.variables()["weight"]
+        classifier_shape = mapping.spec.classifier.kind.tf_shapes((0,), 0)["weight"]
+        self._variables = {}
+        for name, ds in sorted(self._datasets.items()):
+            shape = tuple(ds.shape)
+            if name == classifier_weight and len(classifier_shape) == 4:
+                shape = (1, 1, *shape)  # Keras's Dense [in, classes] is a 1x1 conv here
+            self._variables[name] = VariableInfo(np.dtype(ds.dtype), shape)
 
     def variables(self) -> Mapping[str, VariableInfo]:
         return self._variables
@@ -205,3 +268,6 @@ class KerasReader:
         except OSError as err:
             raise PortError(f"{self.path}: cannot read {self.stored_name(name)}: {err}") from err
         return value.reshape(self._variables[name].shape)
+
+    def close(self) -> None:
+        self._file.close()

@@ -12,10 +12,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.layout import parameter_count
-from porting.errors import PortError
+from models.spec import get_architecture
+from porting.files import sha256_file, write_json
 from porting.registry import Release, load_registry
-from porting.writer import atomic_write, sha256_file
 
 if TYPE_CHECKING:  # porting.parity imports torch, which a port does without
     from porting.parity import Parity
@@ -83,17 +82,6 @@ def build_manifest(source: dict, output: Path, output_format: str, sha256: str,
     }
 
 
-def write_text(path: Path, text: str) -> None:
-    try:
-        atomic_write(path, text.encode("utf8"))
-    except OSError as err:
-        raise PortError(f"{path}: cannot write: {err.strerror or err}") from err
-
-
-def write_json(path: Path, document: dict) -> None:
-    write_text(path, json.dumps(document, indent=2) + "\n")
-
-
 def record_parity(manifest_path: Path, parity: Parity, reference: str) -> dict:
     """Add the figures of a passed or failed parity check to a manifest; return it."""
     manifest = json.loads(manifest_path.read_text())
@@ -106,24 +94,24 @@ def record_parity(manifest_path: Path, parity: Parity, reference: str) -> dict:
     return manifest
 
 
-def _classes_line(options: dict, source_classes: int) -> str:
-    if options["num_classes"] == 1001:
-        return ("1001: index 0 is TF-Slim's \"background\" class, 1..1000 the ImageNet-1k "
-                "classes (TF's order)")
-    if source_classes == 1001:
-        return ("1000 ImageNet-1k classes; TF-Slim's background row 0 was dropped, so index i "
-                "here is TF's index i + 1 (timm's layout)")
-    return "1000 ImageNet-1k classes, as the source had them (no background class)"
+def _classes_line(options: dict, source_classes: int, offset: int) -> str:
+    if options["num_classes"] == source_classes and offset:
+        return (f"{source_classes}: index 0 is TF-Slim's \"background\" class, 1..1000 the "
+                "ImageNet-1k classes (TF's order)")
+    if options["num_classes"] < source_classes:
+        return (f"{options['num_classes']} ImageNet-1k classes; TF-Slim's background row 0 was "
+                "dropped, so index i here is TF's index i + 1 (timm's layout)")
+    return (f"{options['num_classes']} ImageNet-1k classes, as the source had them "
+            "(no background class)")
 
 
 def model_card(manifest: dict) -> str:
     """A model-zoo style Markdown card for the file the manifest describes."""
     source, output, options = manifest["source"], manifest["output"], manifest["options"]
-    releases = load_registry()
-    release = releases.get(source["release"]) if source["release"] else None
-    # Keras sources and unknown files follow the same Inception recipe as the TF releases.
-    prep = release.preprocessing if release else next(iter(releases.values())).preprocessing
-    params = parameter_count(options["num_classes"], options["aux"], options["fold_bn"])
+    release = load_registry().get(source["release"]) if source["release"] else None
+    spec = get_architecture(options["architecture"])
+    prep = spec.eval  # the recipe the architecture's TF-Slim models were evaluated with
+    params = spec.parameter_count(options["num_classes"], options["aux"], options["fold_bn"])
     origin = (f"[{release.archive}]({release.url}) ({release.title}, {release.date}; "
               "identified by its file name)" if release
               else f"`{Path(source['given']).name}` (local file, {source['format']})")
@@ -132,29 +120,29 @@ def model_card(manifest: dict) -> str:
                    f"top-1 {parity['top1_agree']}/{parity['images']}, top-5 "
                    f"{parity['top5_agree']}/{parity['images']} vs {parity['reference']}"
                    if parity else "not verified for this file (run a parity check)")
-    papers = [f"- {release.paper}"] if release else []
+    papers = [f"- {release.paper}"] if release and release.paper != spec.paper else []
     name = Path(output["file"]).stem
     return "\n".join([
         f"# {name}",
         "",
-        f"Inception v3 weights ported to PyTorch by tf-porting {manifest['tool']['version']} "
-        "for the TF-exact definition `models.inception_v3.InceptionV3` (state-dict keys as "
-        "timm's and torchvision's `inception_v3`).",
+        f"{spec.title} weights ported to PyTorch by tf-porting {manifest['tool']['version']} "
+        f"for the TF-exact definition `{spec.model.replace(':', '.')}` (state-dict keys as "
+        f"timm's `{spec.name}`).",
         "",
         "| | |",
         "| --- | --- |",
         f"| Source | {origin} |",
         f"| Weights | `{output['file']}` ({output['format']}), sha256 `{output['sha256']}` |",
         f"| Parameters | {params:,} ({params / 1e6:.1f} M) |",
-        f"| Classes | {_classes_line(options, source['num_classes'])} |",
+        f"| Classes | {_classes_line(options, source['num_classes'], prep.label_offset)} |",
         f"| Aux head | {'included (AuxLogits)' if options['aux'] else 'not included'} |",
         f"| Batch norm | {'folded into the convolutions' if options['fold_bn'] else 'kept (eps 1e-3, gamma 1)'} |",
-        f"| Input | {prep['input_size']}x{prep['input_size']} {prep['color']}, NCHW float, "
-        f"values in [{prep['range'][0]:g}, {prep['range'][1]:g}] (mean {prep['mean'][0]}, "
-        f"std {prep['std'][0]} per channel) |",
-        f"| Eval crop | central crop {prep['crop_fraction']} of the image, then resize |",
-        f"| Interpolation | {prep['interpolation']} |",
-        f"| Recipe | {prep['reference']} |",
+        f"| Input | {prep.input_size}x{prep.input_size} {prep.color}, NCHW float, "
+        f"values in [{prep.value_range[0]:g}, {prep.value_range[1]:g}] (mean {prep.mean[0]}, "
+        f"std {prep.std[0]} per channel) |",
+        f"| Eval crop | central crop {prep.crop_fraction} of the image, then resize |",
+        f"| Interpolation | {prep.interpolation} |",
+        f"| Recipe | {prep.recipe} |",
         f"| Parity | {parity_line} |",
         "",
         "## Use",
@@ -163,7 +151,8 @@ def model_card(manifest: dict) -> str:
         "from porting.weights import load_ported  # .pth with weights_only=True, or safetensors",
         "",
         f"model = load_ported(\"{output['file']}\")",
-        "logits = model(images)  # images: N x 3 x 299 x 299, preprocessed as above",
+        f"logits = model(images)  # images: N x 3 x {prep.input_size} x {prep.input_size}, "
+        "preprocessed as above",
         "```",
         "",
         "## Citation",
@@ -171,6 +160,8 @@ def model_card(manifest: dict) -> str:
         "```bibtex",
         COMPETITION_BIBTEX,
         "```",
+        "",
+        f"Architecture: {spec.paper}",
         *(["", "Training of these weights:", *papers] if papers else []),
         "",
     ])

@@ -17,7 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from porting.errors import PortError
-from porting.readers import VariableInfo
+from porting.reader_api import VariableInfo
 from porting.sources import V1, CheckpointSource
 from porting.sstable import (FormatError, Table, as_int64, crc32c, last, parse_message,
                              read_exact, read_varint, repeated_fixed, repeated_varints, scalar,

@@ -65,11 +65,13 @@ def top_k(logits: np.ndarray, k: int) -> np.ndarray:
 
 
 def compare(ours: np.ndarray, reference: np.ndarray,
-            relative_tolerance: float = RELATIVE_TOLERANCE) -> Parity:
+            relative_tolerance: float = RELATIVE_TOLERANCE, classes: bool | None = None) -> Parity:
+    """``classes``: whether the arrays are class scores (top-1/top-5 must agree); default: any
+    2-D array."""
     ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
     if ours.shape != reference.shape:
         raise ValueError(f"shape {ours.shape} vs reference {reference.shape}")
-    classes = reference.ndim == 2
+    classes = reference.ndim == 2 if classes is None else classes
     return Parity(
         max_abs_diff=float(np.abs(ours - reference).max()),
         scale=max(1.0, float(np.abs(reference).max())),

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.spec import architecture_of_model
 from porting.preprocess import load_image
 from porting.weights import load_ported
 
@@ -32,19 +33,20 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
     return tuple((wnid, lemmas.split(",")[0]) for wnid, lemmas in rows)
 
 
-def class_name(label: int, num_classes: int) -> str:
-    """Name of output ``label``; 1001-class files have TF-Slim's background at 0."""
-    offset = num_classes - len(imagenet_classes())
+def class_name(label: int, label_offset: int) -> str:
+    """Name of output ``label`` of a model whose first ``label_offset`` outputs are not
+    ImageNet-1k classes (TF-Slim's background class 0, for 1001-class files)."""
+    offset = label_offset
     if label < offset:
         return "background"
     wnid, name = imagenet_classes()[label - offset]
     return f"{name} ({wnid})"
 
 
-def top_predictions(logits: torch.Tensor, k: int) -> list[list[Prediction]]:
+def top_predictions(logits: torch.Tensor, k: int, label_offset: int) -> list[list[Prediction]]:
     probabilities = torch.softmax(logits.double(), dim=1)
     values, labels = probabilities.topk(k, dim=1)
-    return [[Prediction(int(i), class_name(int(i), logits.shape[1]), float(p))
+    return [[Prediction(int(i), class_name(int(i), label_offset), float(p))
              for p, i in zip(row_values, row_labels)]
             for row_values, row_labels in zip(values, labels)]
 
@@ -52,7 +54,10 @@ def top_predictions(logits: torch.Tensor, k: int) -> list[list[Prediction]]:
 def predict_files(weights, images, method: str = "tf-slim", k: int = 5):
     """[(image path, top-k predictions)] for image files under the ported file ``weights``."""
     model = load_ported(weights)
-    batch = np.stack([load_image(path, method) for path in images])
+    config = architecture_of_model(model).eval
+    # A file with TF-Slim's classes keeps the background outputs; one ported to fewer has none.
+    offset = config.label_offset if model.num_classes == config.num_classes else 0
+    batch = np.stack([load_image(path, method, config) for path in images])
     with torch.inference_mode():
         logits = model(torch.from_numpy(batch).permute(0, 3, 1, 2))
-    return list(zip(images, top_predictions(logits, k)))
+    return list(zip(images, top_predictions(logits, k, offset)))

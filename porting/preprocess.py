@@ -1,4 +1,7 @@
-"""Image preprocessing for Inception v3 in numpy: TF-Slim's eval path, exactly, and timm's.
+"""Image preprocessing in numpy: TF-Slim's Inception eval path, exactly, and timm's.
+
+Size and crop come from the architecture's eval config (``models.spec.EvalConfig``); the
+defaults are Inception's (299 px, central crop 0.875).
 
 ``tf-slim`` (TF-Slim's ``preprocess_for_eval``, used by the adversarial-model eval scripts):
 pixels to [0, 1], ``tf.image.central_crop(0.875)``, the TF1 op ``resize_bilinear`` to 299x299
@@ -55,19 +58,20 @@ def resize_bilinear_legacy(image: np.ndarray, height: int, width: int) -> np.nda
     return upper + (lower - upper) * wy
 
 
-def tf_slim_eval(pixels: np.ndarray, size: int = SIZE) -> np.ndarray:
+def tf_slim_eval(pixels: np.ndarray, size: int = SIZE,
+                 crop_fraction: float = CROP_FRACTION) -> np.ndarray:
     """uint8 HWC RGB -> float32 HWC in [-1, 1], TF-Slim's eval preprocessing."""
     image = pixels.astype(np.float32) / 255.0
-    top, left, h, w = central_crop_box(*image.shape[:2])
+    top, left, h, w = central_crop_box(*image.shape[:2], crop_fraction)
     image = resize_bilinear_legacy(image[top:top + h, left:left + w], size, size)
     return (image - 0.5) * 2.0
 
 
-def timm_eval(image, size: int = SIZE) -> np.ndarray:
+def timm_eval(image, size: int = SIZE, crop_fraction: float = CROP_FRACTION) -> np.ndarray:
     """PIL RGB image -> float32 HWC in [-1, 1], timm's eval transform for inception_v3."""
     from PIL import Image
 
-    scale_size = math.floor(size / CROP_FRACTION)
+    scale_size = math.floor(size / crop_fraction)
     w, h = image.size
     if w <= h:
         new_w, new_h = scale_size, int(scale_size * h / w)
@@ -79,13 +83,17 @@ def timm_eval(image, size: int = SIZE) -> np.ndarray:
     return (pixels - 0.5) / 0.5
 
 
-def load_image(path: str | Path, method: str = "tf-slim") -> np.ndarray:
-    """One image file as HWC float32 in [-1, 1]; PortError naming the file if it is unreadable."""
+def load_image(path: str | Path, method: str = "tf-slim", config=None) -> np.ndarray:
+    """One image file as HWC float32 in [-1, 1], sized for ``config`` (an ``EvalConfig``;
+    default Inception's 299 px); PortError naming the file if it is unreadable."""
     from PIL import Image
 
+    size, crop = (config.input_size, config.crop_fraction) if config else (SIZE, CROP_FRACTION)
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            return tf_slim_eval(np.asarray(image)) if method == "tf-slim" else timm_eval(image)
+            if method == "tf-slim":
+                return tf_slim_eval(np.asarray(image), size, crop)
+            return timm_eval(image, size, crop)
     except OSError as err:  # missing, unreadable or not an image (PIL's error is an OSError)
         raise PortError(f"{path}: cannot read image ({type(err).__name__})") from err

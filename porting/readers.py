@@ -1,94 +1,68 @@
-"""Checkpoint readers behind one small interface: list variables cheaply, read one on demand.
+"""Opening ``--src``: the one place where what a user passed becomes a checkpoint reader.
 
-``open_reader(src, kind)`` resolves ``src`` (see ``porting.sources``) and returns a reader:
-"native" (``porting.native_reader``, no TensorFlow) or "tf" (TensorFlow's own, the reference).
+``open_source(src, reader, arch)`` takes a release archive (``porting.archives``: checked, then
+unpacked into a temporary folder for as long as the reader is used), Keras HDF5 weights
+(``porting.keras_h5``) or a TF checkpoint in any spelling ``porting.sources`` resolves (prefix,
+``.index``, ``.data-*``, V1 file, folder), read by the native reader (no TensorFlow) or by
+TensorFlow's own (``--reader tf``).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from pathlib import Path
+from typing import Iterator
 
-import numpy as np
+from porting.archives import is_archive, unpacked
+from porting.errors import PortError
+from porting.keras_h5 import KerasReader, is_keras_h5
+from porting.native_reader import NativeReader
+from porting.reader_api import CheckpointReader
+from porting.sources import resolve_source
 
-from porting.errors import PortError, first_line
-from porting.sources import CheckpointSource, resolve_source
+
+def _tf_reader(source) -> CheckpointReader:
+    from porting.tf_reader import TFReader  # imports TensorFlow
+
+    return TFReader(source)
+
+
+READERS = {"native": NativeReader, "tf": _tf_reader}
 
 
 @dataclass(frozen=True)
-class VariableInfo:
-    dtype: np.dtype
-    shape: tuple[int, ...]
+class OpenedSource:
+    given: str                 # --src as the user wrote it
+    reader: CheckpointReader   # for an archive: over its unpacked files, while open
+    archive: Path | None       # the release archive, when --src was one
 
     @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+    def published_name(self) -> str:
+        """The source's name as published (archive or checkpoint), not as spelled."""
+        return (self.archive or self.reader.source.prefix).name
 
 
-class CheckpointReader(Protocol):
-    source: CheckpointSource
-    kind: str  # which implementation read the file, as the manifest records it
-
-    def variables(self) -> Mapping[str, VariableInfo]:
-        """name -> dtype and shape, read from the index only."""
-
-    def read(self, name: str) -> np.ndarray:
-        """The full value of one variable; raises PortError naming the file on bad data."""
-
-    def stored_name(self, name: str) -> str:
-        """What the file itself calls variable ``name`` (readers may present other names)."""
+def open_reader(path, reader: str = "native", arch: str | None = None) -> CheckpointReader:
+    """A reader for a checkpoint (any spelling) or Keras weights; archives need ``open_source``.
+    ``arch`` forces the architecture of Keras weights (checkpoints name theirs in their
+    variables)."""
+    if is_keras_h5(path):
+        if reader != "native":
+            raise PortError(f"{path}: --reader {reader} reads TensorFlow checkpoints; Keras HDF5 "
+                            "weights are read with h5py (leave --reader out)")
+        return KerasReader(path, arch)
+    return READERS[reader](resolve_source(path))
 
 
-class TFReader:
-    """TensorFlow's own reader (``tf.train.load_checkpoint``): the reference implementation."""
-
-    kind = "tf"
-
-    def __init__(self, source: CheckpointSource):
-        from porting.tfslim import import_tensorflow  # only this reader needs TensorFlow
-
-        tf = import_tensorflow()
-
-        self.source = source
-        self._errors = tf.errors.OpError
+@contextlib.contextmanager
+def open_source(src, reader: str = "native", arch: str | None = None) -> Iterator[OpenedSource]:
+    """A reader for ``src``, valid inside the ``with`` block; PortError naming the file if
+    ``src`` is none of the accepted sources."""
+    archive = Path(src) if is_archive(src) else None
+    with (unpacked(archive) if archive else contextlib.nullcontext(src)) as path:
+        opened = open_reader(path, reader, arch)
         try:
-            self._reader = tf.train.load_checkpoint(str(source.prefix))
-            shapes = self._reader.get_variable_to_shape_map()
-            dtypes = self._reader.get_variable_to_dtype_map()
-        except self._errors as err:
-            raise PortError(f"{source.files[0]}: unreadable checkpoint index: {first_line(err)}") from err
-        self._variables = {
-            name: VariableInfo(np.dtype(dtypes[name].as_numpy_dtype), tuple(int(d) for d in shape))
-            for name, shape in sorted(shapes.items())
-        }
-
-    def variables(self) -> Mapping[str, VariableInfo]:
-        return self._variables
-
-    def read(self, name: str) -> np.ndarray:
-        try:
-            return np.asarray(self._reader.get_tensor(name))
-        except self._errors as err:
-            raise PortError(
-                f"{self.source.prefix}.data-*: cannot read {name}: {first_line(err)}") from err
-
-    def stored_name(self, name: str) -> str:
-        return name
-
-
-def _native_reader(source: CheckpointSource) -> CheckpointReader:
-    from porting.native_reader import NativeReader  # imported late: it builds on VariableInfo
-
-    return NativeReader(source)
-
-
-READERS = {"native": _native_reader, "tf": TFReader}
-
-
-def open_reader(src, kind: str = "native") -> CheckpointReader:
-    """A reader for ``src``; Keras ``.h5`` weights always get the (h5py) Keras reader."""
-    from porting.keras_h5 import KerasReader, is_keras_h5  # it builds on VariableInfo
-
-    if not isinstance(src, CheckpointSource) and is_keras_h5(src):
-        return KerasReader(src)
-    source = src if isinstance(src, CheckpointSource) else resolve_source(src)
-    return READERS[kind](source)
+            yield OpenedSource(str(src), opened, archive)
+        finally:
+            if hasattr(opened, "close"):
+                opened.close()

@@ -1,4 +1,7 @@
-"""The release family, from ``checkpoints/registry.json`` (a data file maintainers edit)."""
+"""The release family, from ``checkpoints/registry.json`` (a data file maintainers edit).
+
+Each entry names its ``architecture`` (a folder under ``models/``); how the checkpoint is
+evaluated (crop, size, mean/std, classes) is that architecture's eval config."""
 from __future__ import annotations
 
 import json
@@ -14,6 +17,7 @@ REGISTRY_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "regist
 @dataclass(frozen=True)
 class Release:
     name: str
+    architecture: str         # the folder under models/ whose spec ports it
     title: str
     date: str
     url: str
@@ -24,7 +28,6 @@ class Release:
     num_classes: int
     background_class: int | None
     aux_logits: bool
-    preprocessing: dict
     paper: str
     sha256: str | None        # of the archive; None until a maintainer pins it
     sha256_note: str
@@ -34,12 +37,8 @@ class Release:
 def load_registry(path: Path = REGISTRY_PATH) -> dict[str, Release]:
     try:
         data = json.loads(path.read_text())
-        recipes = data["preprocessing"]
-        return {
-            name: Release(name=name, **{**entry, "members": tuple(entry["members"]),
-                                        "preprocessing": recipes[entry["preprocessing"]]})
-            for name, entry in data["releases"].items()
-        }
+        return {name: Release(name=name, **{**entry, "members": tuple(entry["members"])})
+                for name, entry in data["releases"].items()}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise PortError(f"{path}: unreadable release registry: {err}") from err
 

@@ -1,7 +1,10 @@
 """``port-weights verify``: every TF-Slim end point of a ported file against the source.
 
-The reference is TF-Slim's own graph on the source checkpoint, or a golden file recorded from
-it (``porting.goldens``, no TensorFlow needed). Each end point passes when
+The reference is the architecture's TF oracle on the source checkpoint (``models/<name>/oracle.py``:
+TF-Slim's own graph for Inception v3, Keras's InceptionResNetV2 plus TF-Slim's aux head for
+Inception-ResNet-v2), or a golden file recorded from it (``porting.goldens``, no TensorFlow
+needed). The end points and which of them are classifier outputs come from the architecture's
+spec. Each end point passes when
 max |diff| <= bound x max(1, max |TF|) (``porting.parity``: in float32 1e-4 for the classifier
 outputs, 1e-3 for feature maps; 1e-10 everywhere with both sides in float64) and, for the
 classifiers, top-1 and top-5 agree on every image. The first end point in network order that
@@ -9,6 +12,7 @@ fails is where the port went wrong.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -19,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.inception_v3 import END_POINTS
+from models.spec import Architecture, architecture_of_model, get_architecture
 from porting.errors import PortError
 from porting.goldens import GoldenRecorder, Goldens, Reference, SourceInfo
 from porting.gradients import FLOAT32_RELATIVE_TOLERANCE, GradientParity, gradient_parity
@@ -29,13 +33,12 @@ from porting.weights import load_ported
 
 # progress(phase, images done, images in all)
 Progress = Callable[[str, int, int], None]
-CLASSIFIER_END_POINTS = ("AuxLogits", "PreLogits", "Logits")
 
 
-def relative_tolerance(end_point: str, float64: bool) -> float:
+def relative_tolerance(spec: Architecture, end_point: str, float64: bool) -> float:
     if float64:
         return FLOAT64_RELATIVE_TOLERANCE
-    return RELATIVE_TOLERANCE if end_point in CLASSIFIER_END_POINTS else MAP_RELATIVE_TOLERANCE
+    return RELATIVE_TOLERANCE if end_point in spec.classifier_end_points else MAP_RELATIVE_TOLERANCE
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Report:
     reference: str  # what the port was compared with
     images: list[str]
     dtype: str
+    architecture: str = "inception_v3"
     end_points: dict[str, Parity] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # end point -> why not compared
     gradients: GradientParity | None = None
@@ -79,7 +83,7 @@ class Report:
 
     def table(self) -> list[str]:
         lines = [f"{'end point':<16}{'max |diff|':>12}{'relative':>12}{'bound':>10}  result"]
-        for name in END_POINTS:
+        for name in get_architecture(self.architecture).end_points:
             if name in self.skipped:
                 lines.append(f"{name:<16}{'-':>12}{'-':>12}{'-':>10}  skipped: {self.skipped[name]}")
             elif name in self.end_points:
@@ -101,6 +105,7 @@ class Report:
             "verdict": self.verdict(),
             "first_divergence": self.first_divergence,
             "weights": self.weights,
+            "architecture": self.architecture,
             "reference": self.reference,
             "dtype": self.dtype,
             "rule": "max_abs_diff <= relative_tolerance * max(1, max |TF|); classifiers also "
@@ -138,15 +143,17 @@ def compare_end_points(model: torch.nn.Module, images: np.ndarray, reference: Re
 
     ``first_class=1`` compares 1000-class outputs with TF's logits[:, 1:] (background dropped).
     """
+    spec = architecture_of_model(model)
     results: dict[str, Parity] = {}
     for start in range(0, len(images), batch_size):
         stop = min(start + batch_size, len(images))
         expected = reference(start, stop)
         ours = torch_end_points(model, images[start:stop])
-        for name in END_POINTS:
+        for name in spec.end_points:
             if name in ours and name in expected:
-                ref = expected[name][:, first_class:] if expected[name].ndim == 2 else expected[name]
-                parity = compare(ours[name], ref, relative_tolerance(name, float64))
+                scores = name in spec.logits_end_points
+                ref = expected[name][:, first_class:] if scores else expected[name]
+                parity = compare(ours[name], ref, relative_tolerance(spec, name, float64), scores)
                 results[name] = results[name].merge(parity) if name in results else parity
         if progress is not None:
             progress(stop, len(images))
@@ -154,12 +161,16 @@ def compare_end_points(model: torch.nn.Module, images: np.ndarray, reference: Re
 
 
 def first_class_for(weights: Path, model, source: SourceInfo) -> int:
-    """0 or 1: where the file's classes start among the checkpoint's; PortError if they cannot
-    come from it."""
+    """0 or the label offset: where the file's classes start among the checkpoint's; PortError
+    if the file cannot be a port of the checkpoint (other architecture, other classes)."""
+    spec = architecture_of_model(model)
+    if spec.name != source.architecture:
+        raise PortError(f"{weights}: is {spec.title}; it cannot be a port of {source.checkpoint} "
+                        f"({get_architecture(source.architecture).title})")
     if model.num_classes == source.num_classes:
         return 0
-    if model.num_classes == source.num_classes - 1:
-        return 1
+    if model.num_classes == source.num_classes - spec.eval.label_offset:
+        return spec.eval.label_offset
     raise PortError(f"{weights}: has {model.num_classes} classes; it cannot be a port of "
                     f"{source.checkpoint} ({source.num_classes} classes)")
 
@@ -180,6 +191,7 @@ class VerifyRequest:
     label: int | None = None          # true label for --gradients (default TF's top-1)
     ema: bool = False
     record_goldens: Path | None = None
+    arch: str | None = None           # force the checkpoint's architecture
     batch_size: int = 2
 
     def check(self) -> None:
@@ -195,18 +207,25 @@ class VerifyRequest:
                                "--record-goldens FILE.h5")
 
 
-def _checkpoint_source(request: VerifyRequest, dtype: str):
-    """(SourceInfo, TF-Slim graph) for ``request.src``; TensorFlow is imported here."""
-    from porting.sources import resolve_source
-    from porting.tfslim import TFSlimInceptionV3
-    from porting.writer import sha256_file
+def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.ExitStack):
+    """(SourceInfo, TF reference, architecture) for ``request.src``, kept open on ``stack`` (an
+    archive stays unpacked while the reference reads it); TensorFlow is imported here."""
+    from porting.convert import PortOptions, architecture_of
+    from porting.files import sha256_file
+    from porting.readers import open_source
 
-    source = resolve_source(request.src)
-    tf_model = TFSlimInceptionV3.for_checkpoint(source.prefix, ema=request.ema, dtype=dtype)
+    opened = stack.enter_context(open_source(request.src, arch=request.arch))
+    source = opened.reader.source
+    if source.format not in ("V1", "V2"):
+        raise PortError(f"{request.src}: verify runs the TF reference on a TensorFlow "
+                        "checkpoint; Keras weights have no TF-Slim graph to run")
+    spec = architecture_of(opened.reader, PortOptions(arch=request.arch))
+    tf_model = spec.oracle_module().Reference.for_checkpoint(source.prefix, ema=request.ema,
+                                                             dtype=dtype)
+    stack.callback(tf_model.close)
     info = SourceInfo(str(source.prefix), {f.name: sha256_file(f) for f in source.files},
-                      tf_model.end_points["Logits"].shape[-1], "AuxLogits" in tf_model.end_points,
-                      request.ema, dtype)
-    return info, tf_model
+                      tf_model.num_classes, tf_model.aux, request.ema, dtype, spec.name)
+    return info, tf_model, spec
 
 
 def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
@@ -224,10 +243,11 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
                             "verify it in float32")
         model = model.to(getattr(torch, dtype))
 
-    tf_model = recorder = goldens = None
-    try:
+    tf_model = recorder = None
+    with contextlib.ExitStack() as stack:
         if request.goldens is not None:
             goldens = Goldens(request.goldens)
+            stack.callback(goldens.close)
             source = goldens.source
             images, names = goldens.inputs[:request.image_count], goldens.names[:request.image_count]
             if source.dtype != dtype:
@@ -237,21 +257,22 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
         else:
             names, images = load_photos(request.image_count, request.images_dir)
             images = images.astype(dtype)
-            source, tf_model = _checkpoint_source(request, dtype)
-            reference = functools.partial(_tf_end_points, tf_model, images)
-            described = f"TF-Slim on {source.checkpoint}"
+            source, tf_model, spec = _checkpoint_source(request, dtype, stack)
+            reference = functools.partial(_tf_end_points, tf_model, spec, images)
+            described = f"{spec.oracle_name} on {source.checkpoint}"
             if request.record_goldens is not None:
                 recorder = GoldenRecorder(request.record_goldens, images, names, source)
+                stack.callback(lambda: recorder and recorder.abandon())
                 reference = recorder.recording(reference)
 
         report = Report(None if request.weights is None else str(request.weights), described,
-                        names, dtype)
+                        names, dtype, source.architecture)
         if model is None:  # only recording
             for start in range(0, len(images), request.batch_size):
                 stop = min(start + request.batch_size, len(images))
                 reference(start, stop)
                 if progress is not None:
-                    progress("TF-Slim", stop, len(images))
+                    progress("TF reference", stop, len(images))
         else:
             first_class = first_class_for(request.weights, model, source)
             if model.AuxLogits is not None and not source.aux:
@@ -281,16 +302,11 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
             report.manifest, report.manifest_skipped = record_manifest_parity(request.weights,
                                                                               report)
         return report
-    finally:
-        if recorder is not None:
-            recorder.abandon()
-        for opened in (tf_model, goldens):
-            if opened is not None:
-                opened.close()
 
 
-def _tf_end_points(tf_model, images: np.ndarray, start: int, stop: int) -> dict:
-    return tf_model(images[start:stop], END_POINTS)
+def _tf_end_points(tf_model, spec: Architecture, images: np.ndarray, start: int,
+                   stop: int) -> dict:
+    return tf_model(images[start:stop], spec.end_points)
 
 
 def record_manifest_parity(weights: Path, report: Report) -> tuple[Path | None, str | None]:
@@ -300,8 +316,8 @@ def record_manifest_parity(weights: Path, report: Report) -> tuple[Path | None, 
     Returns (manifest updated, None), or (None, why a file there was left alone), or
     (None, None) when there is no manifest. A manifest that describes another file (the
     weights were replaced or edited after porting) is left alone."""
-    from porting.manifest import model_card, record_parity, sidecar, write_text
-    from porting.writer import sha256_file
+    from porting.files import sha256_file, write_text
+    from porting.manifest import model_card, record_parity, sidecar
 
     path = sidecar(weights, ".json")
     if not path.is_file():

@@ -1,16 +1,18 @@
-"""A ported ``.pth`` file back into a model, with one clear error line for a bad file."""
+"""A ported weights file back into its model, with one clear error line for a bad file."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from models.inception_v3 import InceptionV3, model_for_state_dict
+from models.loading import model_for_state_dict
+from models.spec import UnknownArchitecture
 from porting.errors import PortError
 
 
-def load_ported(path: str | Path) -> InceptionV3:
-    """The eval-mode model whose layout (classes, aux head, folding) the file's state dict has.
+def load_ported(path: str | Path) -> nn.Module:
+    """The eval-mode model (architecture, classes, aux head, folding) the file's state dict fits.
 
     ``.pth`` files load with ``weights_only=True`` (a weights file must never run code on load);
     ``.safetensors`` files with safetensors.
@@ -27,10 +29,13 @@ def load_ported(path: str | Path) -> InceptionV3:
         raise PortError(f"{path}: no such weights file") from err
     except Exception as err:  # torch and safetensors raise many kinds for a damaged file
         raise PortError(f"{path}: not a PyTorch weights file ({type(err).__name__})") from err
-    if not isinstance(state_dict, dict) or "fc.weight" not in state_dict:
-        raise PortError(f"{path}: not an Inception v3 state dict (no fc.weight)")
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise PortError(f"{path}: not a state dict of tensors")
     try:
         return model_for_state_dict(state_dict)
+    except UnknownArchitecture as err:
+        raise PortError(f"{path}: {err}") from err
     except RuntimeError as err:  # load_state_dict: missing, unexpected or misshapen keys
         lines = str(err).splitlines()  # "Error(s) in loading state_dict ...", then the details
-        raise PortError(f"{path}: does not fit Inception v3: {lines[-1].strip()}") from err
+        raise PortError(f"{path}: does not fit its architecture: {lines[-1].strip()}") from err

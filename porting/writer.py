@@ -10,18 +10,16 @@ so that they are byte-reproducible too; the safetensors package reads them (see 
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from porting.errors import PortError
+from porting.files import cannot_write, commit, sha256_file, staged
 from porting.pth import raw_bytes, save_state_dict
 
 
@@ -61,14 +59,6 @@ def hashed_path(dst: Path, sha256: str) -> Path:
     return dst.with_name(f"{dst.stem}-{sha256[:8]}{dst.suffix or '.pth'}")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _HashingWriter:
     """Passes writes through to a file while hashing them: no second pass over the output."""
 
@@ -82,43 +72,6 @@ class _HashingWriter:
 
     def flush(self) -> None:
         self._file.flush()
-
-
-def temporary_beside(path: Path) -> tuple[int, Path]:
-    """(open descriptor, name) of a new private file beside ``path``: the same file system, so
-    that ``move_into_place`` is an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    return fd, Path(tmp)
-
-
-def move_into_place(tmp: Path, path: Path) -> None:
-    """Give a finished temporary file ordinary permissions (mkstemp's are private), rename it."""
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _staged(path: Path):
-    """Yields (file object, temporary path) beside ``path``; removed unless renamed."""
-    fd, tmp = temporary_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f, tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _commit(f, tmp: Path, path: Path) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    move_into_place(tmp, path)
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename: never a partial file."""
-    with _staged(path) as (f, tmp):
-        f.write(payload)
-        _commit(f, tmp, path)
 
 
 def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str | None = None,
@@ -136,7 +89,7 @@ def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str | No
     dst = dst.with_suffix(FORMATS[fmt])
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with _staged(dst) as (f, tmp):
+        with staged(dst) as (f, tmp):
             hashing = _HashingWriter(f)
             if fmt == "safetensors":
                 save_safetensors(state_dict, metadata or {}, hashing)
@@ -150,7 +103,7 @@ def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str | No
                 if not force:
                     raise PortError(f"{final}: exists with different contents; "
                                     "pass --force to replace it")
-            _commit(f, tmp, final)
+            commit(f, tmp, final)
     except OSError as err:
-        raise PortError(f"{err.filename or dst}: cannot write: {err.strerror or err}") from err
+        raise cannot_write(dst, err) from err
     return Written(final, sha256, unchanged=False)

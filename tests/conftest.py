@@ -25,7 +25,7 @@ def photos():
 @pytest.fixture(scope="session")
 def synthetic_ckpt(tmp_path_factory, photos):
     """Prefix of a TF-Slim Inception v3 V2 checkpoint (1001 classes, aux, global_step)."""
-    from porting.synthetic import build_synthetic_checkpoint
+    from models.inception_v3.oracle import build_synthetic_checkpoint
 
     prefix = tmp_path_factory.mktemp("synthetic") / "adv_inception_v3.ckpt"
     return build_synthetic_checkpoint(prefix, photos[1])
@@ -43,7 +43,7 @@ def synthetic_v1_ckpt(tmp_path_factory, synthetic_ckpt):
 
 @pytest.fixture(scope="session")
 def tf_model(synthetic_ckpt):
-    from porting.tfslim import TFSlimInceptionV3
+    from models.inception_v3.oracle import TFSlimInceptionV3
 
     model = TFSlimInceptionV3(synthetic_ckpt, num_classes=1001, aux=True)
     yield model
@@ -74,7 +74,7 @@ def ported_files(synthetic_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tf():
-    from porting.tfslim import import_tensorflow
+    from porting.tf_runtime import import_tensorflow
 
     return import_tensorflow()
 
@@ -109,3 +109,58 @@ def variant(tensors, tmp_path_factory):
         return made[name]
 
     return make
+
+
+# --- Inception-ResNet-v2: a TF-Slim-named checkpoint built from a calibrated Keras model -------
+
+@pytest.fixture(scope="session")
+def irv2(tmp_path_factory, photos):
+    """(prefix, Keras model): a SYNTHETIC V2 checkpoint with the release's 908 variables +
+    global_step, written by TensorFlow from a calibrated ``keras.applications.InceptionResNetV2``
+    (plus a calibrated aux head, which Keras lacks); the Keras model is the independent oracle."""
+    from models.inception_resnet_v2.oracle import build_synthetic_checkpoint
+
+    prefix = tmp_path_factory.mktemp("irv2") / "adv_inception_resnet_v2.ckpt"
+    return build_synthetic_checkpoint(prefix, photos[1], return_keras=True)
+
+
+@pytest.fixture(scope="session")
+def irv2_reference(irv2, photos):
+    """The references for each batch size: {batch: {"keras": Keras's own 1000 logits,
+    "Logits"/"AuxLogits": the 1001-class outputs of Keras + TF's aux head on the checkpoint}}."""
+    from models.inception_resnet_v2.oracle import Reference
+
+    prefix, keras_model = irv2
+    images = photos[1]
+    reference = Reference.for_checkpoint(prefix)
+    try:
+        out = {}
+        for batch in (1, len(images)):
+            chunks = [(np.asarray(keras_model(images[i:i + batch], training=False)),
+                       reference(images[i:i + batch]))
+                      for i in range(0, len(images), batch)]
+            out[batch] = {"keras": np.concatenate([k for k, _ in chunks]),
+                          **{name: np.concatenate([r[name] for _, r in chunks])
+                             for name in ("Logits", "AuxLogits")}}
+        return out
+    finally:
+        reference.close()
+
+
+IRV2_VARIANTS = {
+    "1001": PortOptions(num_classes=1001),
+    "1000": PortOptions(num_classes=1000),
+    "no-aux": PortOptions(num_classes=1000, aux=False),
+    "fold-bn": PortOptions(num_classes=1001, fold_bn=True),
+}
+
+
+@pytest.fixture(scope="session")
+def irv2_ported_files(irv2, tmp_path_factory):
+    """The IRv2 checkpoint ported to each output variant: {variant: .pth path}."""
+    from porting.pipeline import port_checkpoint
+
+    out = tmp_path_factory.mktemp("irv2_ported")
+    return {name: port_checkpoint(irv2[0], out / name / "adv_inception_resnet_v2.pth",
+                                  options).written.path
+            for name, options in IRV2_VARIANTS.items()}

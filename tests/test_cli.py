@@ -169,7 +169,12 @@ def test_wrong_architecture_and_debug_traceback(tmp_path):
     prefix = write_checkpoint(tmp_path / "resnet.ckpt",
                               {"resnet_v1_50/conv1/weights": np.zeros((7, 7, 3, 64), np.float32)})
     assert_clean_error(run("--src", prefix, "--dst", tmp_path / "m.pth"),
+                       "resnet.ckpt.index", "no known architecture: root scopes resnet_v1_50",
+                       "InceptionV3 (inception_v3)", "InceptionResnetV2 (inception_resnet_v2)")
+    assert_clean_error(run("--src", prefix, "--dst", tmp_path / "m.pth", "--arch", "inception_v3"),
                        "resnet.ckpt.index", "not a TF-Slim Inception v3 checkpoint")
+    assert run("--src", prefix, "--dst", tmp_path / "m.pth", "--arch", "resnet").exit_code == 2
+    assert not list(tmp_path.glob("m*"))
     debug = run("--src", prefix, "--dst", tmp_path / "m.pth", "--debug")
     assert debug.exit_code != 0 and debug.exc_info[0].__name__ == "PortError"
 

@@ -7,7 +7,7 @@ from ckpt_tools import read_all
 from models import model_for_state_dict
 from porting.convert import PortOptions, convert
 from porting.errors import PortError
-from porting.name_map import LAYERS
+from models.inception_v3.spec import LAYERS
 from porting.parity import compare, torch_outputs
 from porting.readers import open_reader
 
@@ -102,7 +102,7 @@ def test_training_leftovers_are_skipped(variant, tensors):
 
 
 def test_ema_takes_the_shadows_and_matches_tf_restoring_them(variant, photos):
-    from porting.tfslim import TFSlimInceptionV3
+    from models.inception_v3.oracle import TFSlimInceptionV3
 
     prefix = variant("leftovers", _with_training_leftovers)
     conversion = _port(prefix, num_classes=1001, ema=True)
@@ -148,8 +148,10 @@ def test_another_architecture_is_rejected(variant):
     def resnet(tensors):
         return {k.replace("InceptionV3/", "resnet_v1_50/"): v for k, v in tensors.items()}
 
-    with pytest.raises(PortError, match="not a TF-Slim Inception v3 checkpoint"):
+    with pytest.raises(PortError, match="no known architecture: root scopes resnet_v1_50"):
         _port(variant("resnet", resnet))
+    with pytest.raises(PortError, match="not a TF-Slim Inception-ResNet-v2 checkpoint: none of"):
+        _port(variant("resnet", resnet), arch="inception_resnet_v2")
 
 
 def test_shape_mismatch_names_the_variable(variant):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from models.inception_v3 import model_for_state_dict
+from models import model_for_state_dict
 from porting.cli import main
 from porting.manifest import record_parity
 from porting.parity import compare, torch_outputs

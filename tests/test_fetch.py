@@ -78,6 +78,9 @@ def test_registry_lists_the_family_with_its_official_urls():
         "ens3_adv_inception_v3": base + "ens3_adv_inception_v3_2017_08_18.tar.gz",
         "ens4_adv_inception_v3": base + "ens4_adv_inception_v3_2017_08_18.tar.gz",
         "inception_v3": base + "inception_v3_2016_08_28.tar.gz",
+        "ens_adv_inception_resnet_v2": base + "ens_adv_inception_resnet_v2_2017_08_18.tar.gz",
+        "adv_inception_resnet_v2": base + "adv_inception_resnet_v2_2017_12_18.tar.gz",
+        "inception_resnet_v2": base + "inception_resnet_v2_2016_08_30.tar.gz",
     }
     assert releases["inception_v3"].format == "V1"
     assert releases["inception_v3"].members == ("inception_v3.ckpt",)

@@ -3,17 +3,20 @@ FGSM images that transfer between the frameworks with the same top-1."""
 import numpy as np
 import pytest
 
-from models.inception_v3 import END_POINTS
+from models.inception_v3.spec import SPEC
+
 from porting.errors import PortError
 from porting.gradients import FLOAT32_RELATIVE_TOLERANCE, gradient_parity
 from porting.parity import FLOAT64_RELATIVE_TOLERANCE
 from porting.verify import VerifyRequest, compare_end_points, run
 from porting.weights import load_ported
 
+END_POINTS = SPEC.end_points
+
 
 @pytest.fixture(scope="module")
 def tf_model64(synthetic_ckpt):
-    from porting.tfslim import TFSlimInceptionV3
+    from models.inception_v3.oracle import TFSlimInceptionV3
 
     model = TFSlimInceptionV3(synthetic_ckpt, dtype="float64")
     yield model

@@ -32,7 +32,7 @@ def test_inspect_any_checkpoint_lists_it_and_says_port_would_fail(checkpoints):
     assert result.exit_code == 0, result.output
     assert "(V1, 1 files)" in result.output
     assert "strings" in result.output and "string" in result.output
-    assert "port     would fail: " in result.output and "not a TF-Slim Inception v3" in result.output
+    assert "port     would fail: " in result.output and "no known architecture" in result.output
 
 
 def test_inspect_of_garbage_is_one_line(tmp_path):

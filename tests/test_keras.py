@@ -10,11 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from models.inception_v3 import model_for_state_dict
+from models import model_for_state_dict
 from porting.cli import main
-from porting.name_map import CONV_BN, LAYERS
+from models.inception_v3.spec import LAYERS
 from porting.parity import compare, torch_outputs
-from porting.synthetic import whitened_classifier
+from models.calibration import whitened_classifier
 
 
 def _calibrated_keras3(images: np.ndarray, seed: int = 0):
@@ -40,7 +40,7 @@ def _calibrated_keras3(images: np.ndarray, seed: int = 0):
 def keras_files(photos, tmp_path_factory):
     """{format: (weights file, Keras's logits on the photos)}; the Keras 2 file is written by
     tf_keras from a copy of the Keras 3 model's weights."""
-    from porting.tfslim import import_tensorflow
+    from porting.tf_runtime import import_tensorflow
 
     import_tensorflow()  # quiet start-up logs
     import tf_keras
@@ -68,7 +68,7 @@ def test_keras_creation_order_matches_tf_slim_scopes(keras_files, synthetic_ckpt
     assert [l.name for l in convs] != [l.name for l in created]
     tf_shapes = open_reader(synthetic_ckpt).variables()
     expected = [tf_shapes[layer.variables()["weight"]].shape for layer in LAYERS
-                if layer.kind == CONV_BN and not layer.is_aux]
+                if layer.kind.name == "conv_bn" and not layer.is_aux]
     assert [tuple(l.kernel.shape) for l in created] == expected
 
 

@@ -1,31 +1,41 @@
-"""models.layout (the converter's torch-free view of the model) against the model itself."""
+"""Each architecture's table (``models/<name>/spec.py``, the converter's torch-free view of the
+model) against its PyTorch model: every key, shape and their order, for every variant."""
 import itertools
-import json
 
 import pytest
 import torch
 
-from models import InceptionV3
-from models.layout import LAYOUT_FILE, describe_model, parameter_count, target_layout
+from models import create_model
+from models.spec import architectures
 
-VARIANTS = list(itertools.product((1000, 1001), (True, False), (True, False)))
-
-
-def test_layout_file_is_the_models():
-    assert json.loads(LAYOUT_FILE.read_text()) == describe_model(), \
-        "models/inception_v3_layout.json is stale: regenerate it with `python -m models.layout`"
+VARIANTS = list(itertools.product(architectures(), (1000, 1001), (True, False), (True, False)))
 
 
-@pytest.mark.parametrize("num_classes, aux, fold_bn", VARIANTS)
-def test_target_layout_is_the_models_state_dict(num_classes, aux, fold_bn):
-    model = InceptionV3(num_classes, aux_logits=aux, fold_bn=fold_bn, device="meta")
-    expected = [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
-    assert list(target_layout(num_classes, aux, fold_bn).items()) == expected  # order too
-    assert parameter_count(num_classes, aux, fold_bn) == sum(p.numel() for p in model.parameters())
+def _state_dict_layout(model) -> list:
+    return [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
 
 
-def test_a_different_model_gives_a_different_layout():  # the comparison above can fail
-    model = InceptionV3(1000, aux_logits=True, device="meta")
-    model.Mixed_7c.branch1x1.conv = torch.nn.Conv2d(2048, 321, 1, bias=False, device="meta")
-    expected = [(key, tuple(value.shape)) for key, value in model.state_dict().items()]
-    assert list(target_layout(1000).items()) != expected
+@pytest.mark.parametrize("arch, num_classes, aux, fold_bn", VARIANTS)
+def test_target_layout_is_the_models_state_dict(arch, num_classes, aux, fold_bn):
+    spec = architectures()[arch]
+    model = create_model(spec, num_classes, aux_logits=aux, fold_bn=fold_bn, device="meta")
+    assert list(spec.target_layout(num_classes, aux, fold_bn).items()) == _state_dict_layout(model)
+    assert spec.parameter_count(num_classes, aux, fold_bn) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", list(architectures()))
+def test_a_different_model_gives_a_different_layout(arch):  # the comparison above can fail
+    spec = architectures()[arch]
+    model = create_model(spec, 1000, aux_logits=True, device="meta")
+    last_conv = next(layer for layer in reversed(spec.layers) if layer.kind.name == "conv_bn")
+    parent, name = model.get_submodule(last_conv.module), "conv"
+    out_chs, in_chs, kh, kw = last_conv.shape
+    setattr(parent, name, torch.nn.Conv2d(in_chs, out_chs + 1, (kh, kw), bias=False, device="meta"))
+    assert list(spec.target_layout(1000).items()) != _state_dict_layout(model)
+
+
+def test_every_architecture_is_found_and_named_by_its_folder():
+    assert set(architectures()) >= {"inception_v3", "inception_resnet_v2"}
+    for name, spec in architectures().items():
+        assert spec.name == name and spec.model.startswith(f"models.{name}.")
+        assert spec.classifier.module == spec.eval.classifier

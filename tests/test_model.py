@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from models import END_POINTS, InceptionV3
-from models.inception_v3 import BasicConv2d
-from porting.name_map import LAYERS
+from models import InceptionV3
+from models.inception_v3.spec import SPEC
+from models.layers import BasicConv2d
+from models.inception_v3.spec import LAYERS
 
 
 def test_parameter_count_matches_the_release():
@@ -21,8 +22,8 @@ def test_parameter_count_matches_the_release():
 def test_every_table_row_names_a_module():
     model = InceptionV3(num_classes=1001, aux_logits=True)
     modules = dict(model.named_modules())
-    assert all(layer.torch_name in modules for layer in LAYERS)
-    assert len({layer.torch_name for layer in LAYERS}) == len(LAYERS) == 98
+    assert all(layer.module in modules for layer in LAYERS)
+    assert len({layer.module for layer in LAYERS}) == len(LAYERS) == 98
 
 
 def test_end_points_path_computes_the_same_logits():
@@ -32,7 +33,7 @@ def test_end_points_path_computes_the_same_logits():
     with torch.no_grad():
         end_points = model.forward_end_points(x)
         logits = model(x)
-    assert set(end_points) == set(END_POINTS)
+    assert set(end_points) == set(SPEC.end_points)
     assert torch.equal(end_points["Logits"], logits)
     assert end_points["AuxLogits"].shape == (2, 1000)
     assert end_points["Mixed_7c"].shape == (2, 2048, 8, 8)

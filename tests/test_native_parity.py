@@ -22,7 +22,7 @@ def tf_ported(synthetic_ckpt, tmp_path_factory):
 @pytest.fixture(scope="session")
 def v1_copy(synthetic_ckpt, tmp_path_factory):
     """The synthetic checkpoint's variables re-saved by TensorFlow as one V1 file."""
-    from porting.tfslim import import_tensorflow
+    from porting.tf_runtime import import_tensorflow
 
     tf = import_tensorflow()
     values = tf.train.load_checkpoint(str(synthetic_ckpt))

@@ -86,8 +86,9 @@ def test_manifest_records_sources_options_mapping_and_output(timm_layout, synthe
     output = manifest["output"]
     assert output["format"] == "safetensors" and output["file"] == result.written.path.name
     assert output["sha256"] == hashlib.sha256(result.written.path.read_bytes()).hexdigest()
-    assert manifest["options"] == {"num_classes": 1000, "aux": False, "fold_bn": False,
-                                   "ema": False, "reader": "native"}
+    assert manifest["options"] == {"architecture": "inception_v3", "num_classes": 1000,
+                                   "aux": False, "fold_bn": False, "ema": False,
+                                   "reader": "native"}
     variables = manifest["variables"]
     assert variables["mapped_count"] == 378 and variables["in_source"] == 389
     assert variables["mapped"]["InceptionV3/Logits/Conv2d_1c_1x1/weights"] == "fc (weight)"

@@ -7,10 +7,12 @@ import torch
 from click.testing import CliRunner
 
 from blocked_imports import CLI, TENSORFLOW, run_blocked
-from models.inception_v3 import END_POINTS
+from models.inception_v3.spec import SPEC
 from porting.cli import main
 from porting.verify import compare_end_points, first_class_for
 from porting.weights import load_ported
+
+END_POINTS = SPEC.end_points
 
 IMAGES = 2  # enough for every end point; the 10-image logits are test_parity's job
 

@@ -1,93 +1,42 @@
-"""TF-Slim's own Inception v3, run in TF1 graph mode: the oracle for parity checks.
+"""Inception v3's TF reference: TF-Slim's own ``inception_v3``, run in TF1 graph mode.
 
-tf-slim 1.1.0 builds layers through ``tensorflow.python.layers``, which lazily imports
-``tf_keras.legacy_tf_layers.*``; tf-keras 2.x keeps those modules under ``tf_keras.src``. We
-register them under the old names before importing tf_slim (seen working with tensorflow-cpu
-2.21.0 + tf-keras 2.21.0). Everything runs inside a private ``tf.Graph``, so eager mode stays on
-for the rest of the process.
+``TFSlimInceptionV3`` is the oracle ``verify`` and the parity tests compare ports with;
+``build_synthetic_checkpoint`` writes a SYNTHETIC checkpoint with the release's variable names,
+saved by TensorFlow itself. Everything runs inside a private ``tf.Graph``, so eager mode stays
+on for the rest of the process. TensorFlow is imported on first use, not with this module.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
-import os
-import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 
+from models.calibration import whitened_classifier
+from models.inception_v3.spec import SPEC
+from models.spec import AUX_SCOPE, EMA_SUFFIX
 from porting.errors import PortError, first_line
-from porting.name_map import AUX_SCOPE, CLASSIFIER, EMA_SUFFIX, TF_ROOT
-
-_LEGACY_LAYERS = ("base", "convolutional", "core", "normalization", "pooling", "variable_scope_shim")
+from porting.tf_runtime import import_tensorflow, import_tf_slim, session_config
 
 
-@contextlib.contextmanager
-def _stderr_to_devnull():
-    """Silence file descriptor 2: TF 2.21's C++ logs ignore TF_CPP_MIN_LOG_LEVEL at import."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+def _tf_slim_inception_v3():
+    """(tf, slim, tf_slim.nets.inception_v3)."""
+    tf, slim = import_tf_slim()
     try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def import_tensorflow():
-    """TensorFlow, with its C++ start-up chatter (oneDNN, CUDA probing) silenced."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" not in sys.modules:
-        try:
-            with _stderr_to_devnull():
-                import tensorflow  # noqa: F401
-        except ImportError as err:
-            raise PortError(f"this needs TensorFlow ({err}); install the reference stack: "
-                            "pip install 'tf-porting[tf]'") from err
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
-    return tf
-
-
-def import_tf_slim():
-    """(tf, slim, inception_v3 module), with the tf_keras module aliases in place."""
-    tf = import_tensorflow()
-
-    # tf-keras's legacy layers warn on every use of the API tf_slim is built on.
-    warnings.filterwarnings("ignore", message="`layer.apply` is deprecated")
-    try:
-        legacy = importlib.import_module("tf_keras.src.legacy_tf_layers")
-        sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy)
-        for sub in _LEGACY_LAYERS:
-            module = importlib.import_module(f"tf_keras.src.legacy_tf_layers.{sub}")
-            sys.modules.setdefault(f"tf_keras.legacy_tf_layers.{sub}", module)
-        import tf_slim as slim
         from tf_slim.nets import inception_v3
     except ImportError as err:
-        raise PortError(f"this needs tf-keras and TF-Slim ({err}); install the reference "
-                        "stack: pip install 'tf-porting[tf]'") from err
-
+        raise PortError(f"this needs TF-Slim ({err}); install the reference stack: "
+                        "pip install 'tf-porting[tf]'") from err
     return tf, slim, inception_v3
 
 
 def build_inception_v3(images, num_classes: int, aux: bool, is_training: bool = False,
                        batch_norm_decay: float = 0.9997, reuse=None):
     """TF-Slim's inception_v3 under its own arg scope; returns (logits, end_points)."""
-    tf, slim, inception_v3 = import_tf_slim()
+    tf, slim, inception_v3 = _tf_slim_inception_v3()
     with slim.arg_scope(inception_v3.inception_v3_arg_scope(batch_norm_decay=batch_norm_decay)):
         return inception_v3.inception_v3(
             images, num_classes=num_classes, is_training=is_training,
             create_aux_logits=aux, dropout_keep_prob=1.0 if is_training else 0.8, reuse=reuse)
-
-
-def session_config(threads: int = 2):
-    tf, _, _ = import_tf_slim()
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
-                                    inter_op_parallelism_threads=1)
 
 
 def _ema_source(name: str, stored: set[str]) -> str:
@@ -102,11 +51,11 @@ def checkpoint_layout(checkpoint_prefix: str | Path) -> tuple[int, bool]:
         shapes = dict(tf.train.list_variables(str(checkpoint_prefix)))
     except tf.errors.OpError as err:
         raise PortError(f"{checkpoint_prefix}: TensorFlow cannot read it: {first_line(err)}") from err
-    logits_bias = CLASSIFIER.variables()["bias"]
+    logits_bias = SPEC.classifier.variables()["bias"]
     if logits_bias not in shapes:
         raise PortError(f"{checkpoint_prefix}: not a TF-Slim Inception v3 checkpoint (no {logits_bias})")
     classes = shapes[logits_bias][0]
-    return classes, any(name.startswith(f"{TF_ROOT}/{AUX_SCOPE}/") for name in shapes)
+    return classes, any(name.startswith(f"{SPEC.tf_root}/{AUX_SCOPE}/") for name in shapes)
 
 
 class TFSlimInceptionV3:
@@ -121,7 +70,8 @@ class TFSlimInceptionV3:
 
     def __init__(self, checkpoint_prefix: str | Path, num_classes: int = 1001, aux: bool = True,
                  ema: bool = False, threads: int = 2, dtype: str = "float32"):
-        tf, _, _ = import_tf_slim()
+        tf, _, _ = _tf_slim_inception_v3()
+        self.num_classes, self.aux = num_classes, aux
         self.graph = tf.Graph()
         self._loss_gradients = {}
         with self.graph.as_default():
@@ -163,7 +113,7 @@ class TFSlimInceptionV3:
         """(Logits[:, first_class:], d loss / d images) for the summed softmax cross-entropy of
         ``labels`` (indices into the kept classes); ``first_class=1`` drops the background."""
         if first_class not in self._loss_gradients:
-            tf, _, _ = import_tf_slim()
+            tf, _, _ = _tf_slim_inception_v3()
             with self.graph.as_default():
                 labels_in = tf.compat.v1.placeholder(tf.int64, [None])
                 logits = self.end_points["Logits"][:, first_class:]
@@ -176,3 +126,56 @@ class TFSlimInceptionV3:
 
     def close(self):
         self.session.close()
+
+
+Reference = TFSlimInceptionV3
+
+
+def _classifier_input(end_points, scope: str):
+    """The tensor that feeds ``scope``'s 1x1 classifier conv in the inference graph."""
+    conv = end_points[scope].op.inputs[0].op  # Squeeze <- BiasAdd
+    return conv.inputs[0].op.inputs[0]        # BiasAdd <- Conv2D <- input
+
+
+def build_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarray, *,
+                               num_classes: int = 1001, aux: bool = True, seed: int = 0,
+                               v1_format: bool = False) -> Path:
+    """Write a calibrated random TF-Slim Inception v3 checkpoint at ``prefix``; return it.
+
+    ``v1_format`` writes the older single-file V1 table (as the 2016 inception_v3 release).
+    """
+    tf, _, _ = _tf_slim_inception_v3()
+    rng = np.random.default_rng(seed)
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        images = tf.compat.v1.placeholder(tf.float32, [None, 299, 299, 3])
+        build_inception_v3(images, num_classes, aux, is_training=True, batch_norm_decay=0.0)
+        _, end_points = build_inception_v3(images, num_classes, aux, reuse=True)
+        global_step = tf.compat.v1.train.get_or_create_global_step()
+        update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        by_name = {v.op.name: v for v in tf.compat.v1.global_variables() if v is not global_step}
+        with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for name, var in by_name.items():
+                if name.endswith("BatchNorm/beta"):
+                    var.load(rng.normal(0.0, 0.2, var.shape).astype(np.float32), sess)
+            sess.run(update_ops, {images: calibration_images})
+
+            heads = [("Logits", "InceptionV3/Logits/Conv2d_1c_1x1")]
+            if aux:
+                heads.append(("AuxLogits", "InceptionV3/AuxLogits/Conv2d_2b_1x1"))
+            inputs = sess.run([_classifier_input(end_points, ep) for ep, _ in heads],
+                              {images: calibration_images})
+            for (_, scope), features in zip(heads, inputs):
+                weights, biases = whitened_classifier(features, num_classes, rng)
+                by_name[f"{scope}/weights"].load(weights[None, None], sess)
+                by_name[f"{scope}/biases"].load(biases, sess)
+            global_step.load(123456, sess)
+
+            version = tf.compat.v1.train.SaverDef.V1 if v1_format else tf.compat.v1.train.SaverDef.V2
+            saver = tf.compat.v1.train.Saver(write_version=version)
+            saver.save(sess, str(prefix), write_meta_graph=False, write_state=False)
+    return prefix

@@ -23,7 +23,8 @@ a global mean stands after it, as in timm.
 
 ``fold_bn=True`` builds the deploy variant: every conv carries a bias and no batch norm
 (``porting`` folds the statistics into the weights, ``models.folding`` has the math;
-``models.deploy`` folds a loaded model and makes it fast).
+``models.deploy`` folds a loaded model and makes it fast). The converter's view of this model
+(TF scope -> module table, end points, eval config) is ``models.inception_v3.spec``.
 """
 from __future__ import annotations
 
@@ -31,49 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.folding import BN_EPS, fold_batch_norm
-
-# TF-Slim end points, in network order, that ``forward_end_points`` returns.
-END_POINTS = (
-    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_3a_3x3", "Conv2d_3b_1x1",
-    "Conv2d_4a_3x3", "MaxPool_5a_3x3", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
-    "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AuxLogits",
-    "PreLogits", "Logits",
-)
-
-
-class BasicConv2d(nn.Module):
-    """Conv (no bias) -> batch norm -> ReLU, TF-Slim's ``conv2d`` under its Inception arg scope.
-
-    Folded: conv with bias -> ReLU, the batch norm already merged into the conv.
-    """
-
-    def __init__(self, in_chs: int, out_chs: int, kernel_size, stride=1, padding=0,
-                 fold_bn: bool = False, device=None):
-        super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding,
-                              bias=fold_bn, device=device)
-        self.bn = nn.Identity() if fold_bn else nn.BatchNorm2d(out_chs, eps=BN_EPS, device=device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
-
-    @torch.no_grad()
-    def fold_bn_(self) -> None:
-        """Merge the batch norm into the conv, in place: the ``fold_bn=True`` layout."""
-        bn, weight = self.bn, self.conv.weight
-        # float64 in and out of numpy (any dtype, any device), rounded once to the model's dtype
-        folded = fold_batch_norm(*(t.detach().to("cpu", torch.float64).numpy() for t in (
-            weight, bn.bias, bn.running_mean, bn.running_var, bn.weight)), eps=bn.eps)
-        self.conv.weight, self.conv.bias = (
-            nn.Parameter(torch.from_numpy(t).to(weight.device, weight.dtype)) for t in folded)
-        self.bn = nn.Identity()
-
-
-def tf_same_avg_pool() -> nn.AvgPool2d:
-    """3x3/1 SAME average pool as TF computes it: padded zeros are not counted."""
-    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
-
+from models.layers import BasicConv2d, max_pool_3x3_s2, tf_same_avg_pool
 
 class InceptionA(nn.Module):
     """35x35 block (Mixed_5b..5d): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1."""
@@ -247,9 +206,9 @@ class InceptionV3(nn.Module):
         """Layers up to MaxPool_5a_3x3, recording end points into ``out`` when given."""
         for name, layer in (
             ("Conv2d_1a_3x3", self.Conv2d_1a_3x3), ("Conv2d_2a_3x3", self.Conv2d_2a_3x3),
-            ("Conv2d_2b_3x3", self.Conv2d_2b_3x3), ("MaxPool_3a_3x3", _max_pool_3x3_s2),
+            ("Conv2d_2b_3x3", self.Conv2d_2b_3x3), ("MaxPool_3a_3x3", max_pool_3x3_s2),
             ("Conv2d_3b_1x1", self.Conv2d_3b_1x1), ("Conv2d_4a_3x3", self.Conv2d_4a_3x3),
-            ("MaxPool_5a_3x3", _max_pool_3x3_s2),
+            ("MaxPool_5a_3x3", max_pool_3x3_s2),
         ):
             x = layer(x)
             if out is not None:
@@ -283,21 +242,3 @@ class InceptionV3(nn.Module):
         out["PreLogits"] = x.mean((2, 3), keepdim=True)
         out["Logits"] = self.fc(out["PreLogits"].flatten(1))
         return out
-
-
-def _max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(x, 3, stride=2)
-
-
-def model_for_state_dict(state_dict: dict[str, torch.Tensor]) -> InceptionV3:
-    """An ``InceptionV3`` whose layout (classes, aux head, folding) matches a ported state dict.
-
-    The returned model has the state dict loaded strictly and is in eval mode.
-    """
-    model = InceptionV3(
-        num_classes=state_dict["fc.weight"].shape[0],
-        aux_logits="AuxLogits.fc.weight" in state_dict,
-        fold_bn="Conv2d_1a_3x3.conv.bias" in state_dict,
-    )
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()

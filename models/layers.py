@@ -1,0 +1,54 @@
+"""PyTorch building blocks that every TF-Slim architecture here shares.
+
+Each is the PyTorch side of one layer kind of ``models.spec`` (its TF variables, keys and
+transform are declared there, torch-free):
+- ``BasicConv2d``: ``conv_bn``, TF-Slim's ``conv2d`` with batch norm and ReLU;
+- a plain ``nn.Conv2d`` with bias: ``conv_bias`` (e.g. Inception-ResNet's residual "up" convs);
+- ``nn.Linear``: the classifiers (``conv_classifier`` and ``fc_classifier``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.folding import BN_EPS, fold_batch_norm
+
+
+class BasicConv2d(nn.Module):
+    """Conv (no bias) -> batch norm -> ReLU: TF-Slim's ``conv2d`` under an Inception arg scope.
+
+    Folded (``fold_bn=True``): conv with bias -> ReLU, the batch norm merged into the conv.
+    TF-Slim's Inception batch norms have no gamma, so ``bn.weight`` holds ones.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size, stride=1, padding=0,
+                 fold_bn: bool = False, device=None, eps: float = BN_EPS):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding,
+                              bias=fold_bn, device=device)
+        self.bn = nn.Identity() if fold_bn else nn.BatchNorm2d(out_chs, eps=eps, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+    @torch.no_grad()
+    def fold_bn_(self) -> None:
+        """Merge the batch norm into the conv, in place: the ``fold_bn=True`` layout."""
+        bn, weight = self.bn, self.conv.weight
+        # float64 in and out of numpy (any dtype, any device), rounded once to the model's dtype
+        folded = fold_batch_norm(*(t.detach().to("cpu", torch.float64).numpy() for t in (
+            weight, bn.bias, bn.running_mean, bn.running_var, bn.weight)), eps=bn.eps)
+        self.conv.weight, self.conv.bias = (
+            nn.Parameter(torch.from_numpy(t).to(weight.device, weight.dtype)) for t in folded)
+        self.bn = nn.Identity()
+
+
+def tf_same_avg_pool() -> nn.AvgPool2d:
+    """3x3/1 SAME average pool as TF computes it: padded zeros are not counted in the mean."""
+    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+
+
+def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
+    """TF-Slim's 3x3/2 VALID max pool (stem and grid reductions)."""
+    return F.max_pool2d(x, 3, stride=2)

@@ -1,0 +1,38 @@
+"""What every checkpoint reader offers: list variables cheaply, read one on demand.
+
+Readers: ``porting.native_reader`` (TF checkpoints, no TensorFlow), ``porting.tf_reader``
+(TensorFlow's own, the reference) and ``porting.keras_h5`` (Keras HDF5 weights, presented under
+TF-Slim's variable names). ``porting.readers.open_source`` picks one for a ``--src``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+import numpy as np
+
+from porting.sources import CheckpointSource
+
+
+@dataclass(frozen=True)
+class VariableInfo:
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class CheckpointReader(Protocol):
+    source: CheckpointSource
+    kind: str  # which implementation read the file, as the manifest records it
+
+    def variables(self) -> Mapping[str, VariableInfo]:
+        """name -> dtype and shape, read from the index only."""
+
+    def read(self, name: str) -> np.ndarray:
+        """The full value of one variable; raises PortError naming the file on bad data."""
+
+    def stored_name(self, name: str) -> str:
+        """What the file itself calls variable ``name`` (readers may present other names)."""
