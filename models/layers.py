@@ -52,3 +52,19 @@ def tf_same_avg_pool() -> nn.AvgPool2d:
 def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
     """TF-Slim's 3x3/2 VALID max pool (stem and grid reductions)."""
     return F.max_pool2d(x, 3, stride=2)
+
+
+def inception_stem(x: torch.Tensor, convs, out: dict | None = None) -> torch.Tensor:
+    """The stem TF-Slim's Inception v3 and Inception-ResNet-v2 share, up to ``MaxPool_5a_3x3``:
+    ``convs`` are the models' Conv2d_1a_3x3, 2a, 2b, 3b and 4a; each end point is recorded into
+    ``out`` under TF-Slim's name when given."""
+    conv_1a, conv_2a, conv_2b, conv_3b, conv_4a = convs
+    for name, layer in (
+        ("Conv2d_1a_3x3", conv_1a), ("Conv2d_2a_3x3", conv_2a), ("Conv2d_2b_3x3", conv_2b),
+        ("MaxPool_3a_3x3", max_pool_3x3_s2), ("Conv2d_3b_1x1", conv_3b),
+        ("Conv2d_4a_3x3", conv_4a), ("MaxPool_5a_3x3", max_pool_3x3_s2),
+    ):
+        x = layer(x)
+        if out is not None:
+            out[name] = x
+    return x

@@ -217,6 +217,19 @@ class EvalConfig:
     color: str = "RGB"
 
 
+def inception_eval(classifier: str) -> EvalConfig:
+    """TF-Slim's ``inception_preprocessing`` eval recipe, which its Inception networks share,
+    on ImageNet with the background class (1001 outputs)."""
+    return EvalConfig(
+        input_size=299, crop_fraction=0.875, interpolation="bilinear",
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), value_range=(-1.0, 1.0),
+        num_classes=1001, label_offset=1, classifier=classifier,
+        recipe="TF-Slim inception_preprocessing (eval): central_crop(0.875), TF1 "
+               "resize_bilinear (align_corners=False, half_pixel_centers=False) to 299x299, "
+               "(x - 0.5) * 2",
+    )
+
+
 @dataclass(frozen=True)
 class KerasAdapter:
     """How a ``keras.applications`` model's weight file maps onto the TF-Slim scopes.

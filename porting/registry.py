@@ -51,8 +51,9 @@ def get_release(name: str) -> Release:
     return releases[name]
 
 
-def release_for(file_name: str) -> Release | None:
-    """The release whose archive or checkpoint is called ``file_name``, if any.
+def release_for(file_name: str, architecture: str) -> Release | None:
+    """The release of ``architecture`` whose archive or checkpoint is called ``file_name``, if
+    any (a checkpoint of another architecture under a release's name is not that release).
 
     The registry lives in the source tree (checkpoints/); where the package was installed
     without it, ports still work and simply name no release.
@@ -60,6 +61,7 @@ def release_for(file_name: str) -> Release | None:
     if not REGISTRY_PATH.is_file():
         return None
     for release in load_registry().values():
-        if file_name in (release.archive, release.checkpoint):
+        if file_name in (release.archive, release.checkpoint) and \
+                release.architecture == architecture:
             return release
     return None

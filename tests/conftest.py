@@ -114,14 +114,24 @@ def variant(tensors, tmp_path_factory):
 # --- Inception-ResNet-v2: a TF-Slim-named checkpoint built from a calibrated Keras model -------
 
 @pytest.fixture(scope="session")
-def irv2(tmp_path_factory, photos):
-    """(prefix, Keras model): a SYNTHETIC V2 checkpoint with the release's 908 variables +
-    global_step, written by TensorFlow from a calibrated ``keras.applications.InceptionResNetV2``
-    (plus a calibrated aux head, which Keras lacks); the Keras model is the independent oracle."""
+def irv2_checkpoint(tmp_path_factory, photos):
+    """(prefix, Keras model, calibration report): a SYNTHETIC V2 checkpoint with the release's
+    908 variables + global_step, written by TensorFlow from a calibrated
+    ``keras.applications.InceptionResNetV2`` (plus a calibrated aux head, which Keras lacks)."""
     from models.inception_resnet_v2.oracle import build_synthetic_checkpoint
 
+    report = {}
     prefix = tmp_path_factory.mktemp("irv2") / "adv_inception_resnet_v2.ckpt"
-    return build_synthetic_checkpoint(prefix, photos[1], return_keras=True)
+    prefix, model = build_synthetic_checkpoint(prefix, photos[1], return_keras=True,
+                                               report=report)
+    return prefix, model, report
+
+
+@pytest.fixture(scope="session")
+def irv2(irv2_checkpoint):
+    """(prefix, Keras model): the checkpoint, and the Keras model it was written from, the
+    independent oracle for every IRv2 parity test."""
+    return irv2_checkpoint[:2]
 
 
 @pytest.fixture(scope="session")

@@ -49,14 +49,11 @@ def images():
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory, images):
-    """The SYNTHETIC V2 checkpoint (1001 classes, aux) from a newly calibrated Keras model:
-    (prefix, every variable as TF reads it, the Keras model, the calibration report, whose
-    ``logits`` are the Keras model's on the photos)."""
-    report = {}
-    prefix, model = irv2.build_synthetic_checkpoint(
-        tmp_path_factory.mktemp("irv2") / "adv_inception_resnet_v2.ckpt", images,
-        return_keras=True, report=report)
+def synthetic(irv2_checkpoint):
+    """The session's SYNTHETIC V2 checkpoint (1001 classes, aux) from a calibrated Keras model
+    (conftest's ``irv2_checkpoint``): (prefix, every variable as TF reads it, the Keras model,
+    the calibration report, whose ``logits`` are the Keras model's on the photos)."""
+    prefix, model, report = irv2_checkpoint
     print("calibration:", {k: v for k, v in report.items() if not isinstance(v, np.ndarray)})
     return prefix, read_all(prefix), model, report
 

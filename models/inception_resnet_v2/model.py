@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import BasicConv2d, max_pool_3x3_s2, tf_same_avg_pool
+from models.layers import BasicConv2d, inception_stem, max_pool_3x3_s2, tf_same_avg_pool
 
 class Mixed5b(nn.Module):
     """35x35x192 -> 35x35x320: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool 3x3/1 SAME-1x1."""
@@ -209,16 +209,8 @@ class InceptionResNetV2(nn.Module):
 
     def _stem(self, x, out: dict | None):
         """Layers up to MaxPool_5a_3x3, recording end points into ``out`` when given."""
-        for name, layer in (
-            ("Conv2d_1a_3x3", self.conv2d_1a), ("Conv2d_2a_3x3", self.conv2d_2a),
-            ("Conv2d_2b_3x3", self.conv2d_2b), ("MaxPool_3a_3x3", max_pool_3x3_s2),
-            ("Conv2d_3b_1x1", self.conv2d_3b), ("Conv2d_4a_3x3", self.conv2d_4a),
-            ("MaxPool_5a_3x3", max_pool_3x3_s2),
-        ):
-            x = layer(x)
-            if out is not None:
-                out[name] = x
-        return x
+        return inception_stem(x, (self.conv2d_1a, self.conv2d_2a, self.conv2d_2b,
+                                  self.conv2d_3b, self.conv2d_4a), out)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW images scaled to [-1, 1] -> the Conv2d_7b_1x1 feature map."""

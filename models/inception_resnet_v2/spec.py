@@ -14,7 +14,7 @@ Module names are timm's ``inception_resnet_v2`` keys (``conv2d_1a``, ``mixed_5b`
 convs are ``nn.Sequential``s in TF-Slim's order), so a file without the aux head loads into
 ``timm.create_model("inception_resnet_v2")``; the aux head, which timm lacks, is ``AuxLogits.*``.
 """
-from models.spec import Architecture, EvalConfig, KerasAdapter, table
+from models.spec import Architecture, KerasAdapter, inception_eval, table
 
 ROOT = "InceptionResnetV2"
 BLOCKS = (("Repeat", "block35", "repeat", 10), ("Repeat_1", "block17", "repeat_1", 20),
@@ -127,14 +127,7 @@ SPEC = Architecture(
         "Conv2d_7b_1x1", "AuxLogits", "PreLogitsFlatten", "Logits",
     ),
     classifier_end_points=("AuxLogits", "PreLogitsFlatten", "Logits"),
-    eval=EvalConfig(
-        input_size=299, crop_fraction=0.875, interpolation="bilinear",
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), value_range=(-1.0, 1.0),
-        num_classes=1001, label_offset=1, classifier="classif",
-        recipe="TF-Slim inception_preprocessing (eval): central_crop(0.875), TF1 "
-               "resize_bilinear (align_corners=False, half_pixel_centers=False) to 299x299, "
-               "(x - 0.5) * 2",
-    ),
+    eval=inception_eval(classifier="classif"),
     model="models.inception_resnet_v2.model:InceptionResNetV2",
     oracle="models.inception_resnet_v2.oracle",
     oracle_name="Keras InceptionResNetV2 + TF aux head",

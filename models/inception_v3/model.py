@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import BasicConv2d, max_pool_3x3_s2, tf_same_avg_pool
+from models.layers import BasicConv2d, inception_stem, tf_same_avg_pool
 
 class InceptionA(nn.Module):
     """35x35 block (Mixed_5b..5d): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1."""
@@ -204,16 +204,8 @@ class InceptionV3(nn.Module):
 
     def _stem(self, x, out: dict | None):
         """Layers up to MaxPool_5a_3x3, recording end points into ``out`` when given."""
-        for name, layer in (
-            ("Conv2d_1a_3x3", self.Conv2d_1a_3x3), ("Conv2d_2a_3x3", self.Conv2d_2a_3x3),
-            ("Conv2d_2b_3x3", self.Conv2d_2b_3x3), ("MaxPool_3a_3x3", max_pool_3x3_s2),
-            ("Conv2d_3b_1x1", self.Conv2d_3b_1x1), ("Conv2d_4a_3x3", self.Conv2d_4a_3x3),
-            ("MaxPool_5a_3x3", max_pool_3x3_s2),
-        ):
-            x = layer(x)
-            if out is not None:
-                out[name] = x
-        return x
+        return inception_stem(x, (self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3,
+                                  self.Conv2d_3b_1x1, self.Conv2d_4a_3x3), out)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW images scaled to [-1, 1] -> Mixed_7c feature map."""

@@ -6,7 +6,7 @@ The table keeps TF-Slim's name quirks verbatim (Mixed_5c's ``Conv2d_0b_1x1``/``C
 Mixed_6a's 3x3 convs named ``*_1x1``, Mixed_7b's ``Conv2d_0b_3x1`` vs Mixed_7c's
 ``Conv2d_0c_3x1``). Module names are timm's and torchvision's ``inception_v3`` keys.
 """
-from models.spec import Architecture, EvalConfig, KerasAdapter, table
+from models.spec import Architecture, KerasAdapter, inception_eval, table
 
 ROOT = "InceptionV3"
 
@@ -105,14 +105,7 @@ SPEC = Architecture(
         "AuxLogits", "PreLogits", "Logits",
     ),
     classifier_end_points=("AuxLogits", "PreLogits", "Logits"),
-    eval=EvalConfig(
-        input_size=299, crop_fraction=0.875, interpolation="bilinear",
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), value_range=(-1.0, 1.0),
-        num_classes=1001, label_offset=1, classifier="fc",
-        recipe="TF-Slim inception_preprocessing (eval): central_crop(0.875), TF1 "
-               "resize_bilinear (align_corners=False, half_pixel_centers=False) to 299x299, "
-               "(x - 0.5) * 2",
-    ),
+    eval=inception_eval(classifier="fc"),
     model="models.inception_v3.model:InceptionV3",
     oracle="models.inception_v3.oracle",
     oracle_name="TF-Slim",
