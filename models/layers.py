@@ -8,6 +8,8 @@ transform are declared there, torch-free):
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +44,20 @@ class BasicConv2d(nn.Module):
         self.conv.weight, self.conv.bias = (
             nn.Parameter(torch.from_numpy(t).to(weight.device, weight.dtype)) for t in folded)
         self.bn = nn.Identity()
+
+
+def conv_bn_factory(fold_bn: bool, device=None):
+    """``conv(in, out, kernel, ...)`` building a ``BasicConv2d`` plain or folded, on ``device``."""
+    return functools.partial(BasicConv2d, fold_bn=fold_bn, device=device)
+
+
+def aux_logits(x: torch.Tensor, conv_1x1: nn.Module, conv_5x5: nn.Module,
+               classifier: nn.Linear) -> torch.Tensor:
+    """TF-Slim's Inception AuxLogits head: 5x5/3 VALID average pool, 1x1 conv, 5x5 VALID conv,
+    classifier. TF's 5x5 conv takes the pooled map's size as its kernel; with a 5x5 map that is
+    the flatten we do as a spatial mean, which keeps larger inputs running (as timm does)."""
+    x = conv_5x5(conv_1x1(F.avg_pool2d(x, 5, stride=3)))
+    return classifier(x.mean((2, 3)))
 
 
 def tf_same_avg_pool() -> nn.AvgPool2d:

@@ -1,27 +1,150 @@
-"""Release archives (``.tar.gz``) as ``--src``: checked member by member, unpacked into a
-temporary folder that is removed afterwards.
+"""Release archives (``.tar.gz``) as ``--src``: checked member by member while streaming, the
+members a checkpoint reader needs unpacked into a temporary folder that is removed afterwards.
 
 We do not trust ``tarfile``'s extraction filters alone: every member must be a regular file or a
-folder with a relative name that stays inside the target, or the whole archive is refused
-before anything is written. Files are written by us (exclusive create), never by ``extract``.
+folder with a relative name that stays inside the target, or the whole archive is refused.
+Files are written by us (exclusive create), never by ``extract``, and only regular files and
+folders are ever created, so no member can make a later one land outside the target.
+
+The archive is read once, front to back (``tarfile`` stream mode over our own decompressor, no
+random access), and every check happens before or while writing: a refused archive leaves
+nothing behind (the temporary folder goes with the error). Limits, each a one-line PortError
+naming the archive and the limit:
+
+* total unpacked bytes (``max_bytes``, default ``DEFAULT_MAX_BYTES`` = 4 GiB): the largest
+  release, Inception-ResNet-v2, unpacks to about 230 MB; 4 GiB is more than ten times that
+  (room for bigger checkpoints of the family) yet still a bound that a laptop's ``$TMPDIR``
+  survives. Counted on the decompressed tar stream (headers, skipped members and
+  anything after the end-of-archive marker included) and checked against each member's
+  declared size before a byte of it is written;
+* members (``max_members``, default 64): releases hold one to three;
+* compression ratio (``max_ratio``, default 200:1, bytes unpacked per byte of archive):
+  checkpoint floats compress about 1.1:1, so anything far beyond is a decompression bomb. Tiny
+  archives are exempt up to ``RATIO_EXEMPT_BYTES`` (1 MiB), since a tar's zero padding alone
+  compresses ~100:1;
+* each member's header (pax / GNU long-name records) at most ``MAX_HEADER_BYTES``, so that a
+  forged header cannot make ``tarfile`` buffer gigabytes in memory.
+
+Only what a checkpoint reader needs is written: the ``.meta`` graph (never read by a port) and
+the ``checkpoint`` state file of a training folder are read past, not unpacked (``SKIPPED_*``); everything else (``*.index``, ``*.data-?????-of-?????``, V1 table
+files, and any other file) is unpacked as before.
+
+The gzip stream is read to its very end, past the tar end-of-archive marker, so that Python's
+``gzip`` module checks the trailer's CRC32 and length: a damaged archive is refused, not half
+read.
+
+The temporary folder is ``$TMPDIR/port-weights-<pid>-XXXXXXXX`` (``<pid>`` the owning process).
+Each ``unpacked()`` call first removes such folders whose process no longer exists (a port that
+was SIGKILLed cannot clean up after itself); folders of live processes, of other users, and
+names that do not match exactly are never touched.
 """
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
+import lzma
+import os
+import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from porting.errors import PortError, first_line
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
+DEFAULT_MAX_BYTES = 4 << 30    # total unpacked bytes; the largest release unpacks to ~230 MB
+DEFAULT_MAX_MEMBERS = 64       # releases hold 1 to 3 members
+DEFAULT_MAX_RATIO = 200        # unpacked : compressed; checkpoint floats compress ~1.1:1
+RATIO_EXEMPT_BYTES = 1 << 20   # the ratio is not held against archives unpacking to less
+MAX_HEADER_BYTES = 1 << 20     # one member's header records (pax, GNU long names)
+
+SKIPPED_NAMES = frozenset({"checkpoint"})  # the CheckpointState file of a training folder
+SKIPPED_SUFFIXES = (".meta",)              # MetaGraphDef: the graph, never read by a port
+
+TEMP_PREFIX = "port-weights-"
+_TEMP_RE = re.compile(r"port-weights-([1-9][0-9]{0,9})-[a-z0-9_]{8}")  # as mkdtemp names them
+_CHUNK = 1 << 20
+
 
 def is_archive(src) -> bool:
     return str(src).endswith(ARCHIVE_SUFFIXES)
+
+
+def is_skipped(name: str) -> bool:
+    """Whether a member is read past rather than unpacked (no checkpoint reader needs it)."""
+    base = PurePosixPath(name).name
+    return base in SKIPPED_NAMES or base.endswith(SKIPPED_SUFFIXES)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+class _Unreadable(Exception):
+    """The archive's bytes are damaged (decompressor error, CRC mismatch, truncation)."""
+
+
+class _LimitedStream:
+    """The decompressed tar stream, counted: PortError as soon as a limit is crossed."""
+
+    def __init__(self, archive: Path, raw: BinaryIO, compressed_size: int, max_bytes: int,
+                 max_ratio: float):
+        self.archive, self.raw = archive, raw
+        self.max_bytes, self.max_ratio = max_bytes, max_ratio
+        self.compressed_size = max(compressed_size, 1)
+        self.count = 0
+        self.header_limit: int | None = None  # while tarfile reads a member's header
+
+    def check(self, total: int) -> None:
+        """Refuse if ``total`` unpacked bytes would cross a limit."""
+        if total > self.max_bytes:
+            raise PortError(f"{self.archive}: refused: unpacks to more than "
+                            f"{_size(self.max_bytes)} (--max-unpacked-bytes raises the limit)")
+        if total > RATIO_EXEMPT_BYTES and total > self.max_ratio * self.compressed_size:
+            raise PortError(f"{self.archive}: refused: unpacks to more than {self.max_ratio:g} "
+                            f"times its compressed size ({_size(self.compressed_size)}); "
+                            "checkpoint weights compress about 1.1:1")
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = _CHUNK
+        try:
+            data = self.raw.read(min(size, _CHUNK))
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:
+            raise _Unreadable(first_line(err)) from err
+        self.count += len(data)
+        self.check(self.count)
+        if self.header_limit is not None and self.count > self.header_limit:
+            raise PortError(f"{self.archive}: refused: a member's header is larger than "
+                            f"{_size(MAX_HEADER_BYTES)}")
+        return data
+
+    def drain(self) -> None:
+        """Read to the end of the stream (for gzip: so that its CRC32 trailer is checked)."""
+        while self.read(_CHUNK):
+            pass
+
+
+def _decompressed(raw: BinaryIO) -> BinaryIO:
+    """``raw`` decompressed by its magic number (gzip, bzip2, xz), or as is (a plain tar)."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw, mode="rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw, mode="rb")
+    return raw
 
 
 def _member_kind(member: tarfile.TarInfo) -> str:
@@ -33,13 +156,15 @@ def _member_kind(member: tarfile.TarInfo) -> str:
         return "a device"
     if member.isfifo():
         return "a FIFO"
+    if member.issparse():
+        return "a sparse file"
     return f"of tar type {member.type!r}"
 
 
 def _safe_parts(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
     """The member's path components, or PortError if it is not a plain file or folder inside."""
     name = member.name
-    if not (member.isreg() or member.isdir()):
+    if not ((member.isreg() and not member.issparse()) or member.isdir()):
         raise PortError(f"{archive}: refused: member {name!r} is {_member_kind(member)}")
     path = PurePosixPath(name)
     if path.is_absolute() or name.startswith(("/", "\\")):
@@ -49,32 +174,61 @@ def _safe_parts(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
     return path.parts
 
 
-def _checked_members(archive: Path, tar: tarfile.TarFile) -> list[tuple[tarfile.TarInfo, tuple]]:
-    members, seen = [], set()
-    for member in tar.getmembers():
-        parts = _safe_parts(archive, member)
-        if not parts:  # the archive's root "." entry
-            continue
-        if member.isreg() and parts in seen:
-            raise PortError(f"{archive}: refused: member {member.name!r} appears twice")
-        seen.add(parts)
-        members.append((member, parts))
-    if not any(m.isreg() for m, _ in members):
+def _copy(data: BinaryIO, path: Path) -> None:
+    with open(path, "xb") as out:
+        while chunk := data.read(_CHUNK):
+            out.write(chunk)
+
+
+def _discard(data: BinaryIO) -> None:
+    while data.read(_CHUNK):
+        pass
+
+
+def _unpack(archive: Path, target: Path, max_bytes: int, max_members: int,
+            max_ratio: float) -> None:
+    """Stream ``archive`` once, writing the members a reader needs under ``target``."""
+    with open(archive, "rb") as raw, _decompressed(raw) as plain:
+        stream = _LimitedStream(archive, plain, os.fstat(raw.fileno()).st_size, max_bytes,
+                                max_ratio)
+        stream.header_limit = MAX_HEADER_BYTES + tarfile.RECORDSIZE
+        with tarfile.open(fileobj=stream, mode="r|") as tar:  # reads the first header
+            seen, count, written, skipped = set(), 0, 0, []
+            while True:
+                stream.header_limit = stream.count + MAX_HEADER_BYTES + tarfile.RECORDSIZE
+                member = tar.next()
+                stream.header_limit = None
+                if member is None:
+                    break
+                count += 1
+                if count > max_members:
+                    raise PortError(f"{archive}: refused: holds more than {max_members} members "
+                                    "(releases hold at most 3)")
+                parts = _safe_parts(archive, member)
+                if not parts:  # the archive's root "." entry
+                    continue
+                if member.isreg() and parts in seen:
+                    raise PortError(f"{archive}: refused: member {member.name!r} appears twice")
+                seen.add(parts)
+                path = target.joinpath(*parts)
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                stream.check(stream.count + member.size)  # declared size, before writing
+                data = tar.extractfile(member)
+                if is_skipped(member.name):
+                    skipped.append(member.name)
+                    _discard(data)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _copy(data, path)
+                written += 1
+        stream.drain()  # past the end-of-archive marker: gzip checks its CRC32 at the end
+    if not written:
+        if skipped:
+            raise PortError(f"{archive}: archive holds no checkpoint (only "
+                            f"{', '.join(skipped)}, which a port does not read)")
         raise PortError(f"{archive}: archive holds no files")
-    return members
-
-
-def _unpack(archive: Path, target: Path) -> None:
-    with tarfile.open(archive, "r:*") as tar:
-        members = _checked_members(archive, tar)  # all checked before anything is written
-        for member, parts in members:
-            path = target.joinpath(*parts)
-            if member.isdir():
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(member) as data, open(path, "xb") as out:
-                shutil.copyfileobj(data, out, 1 << 20)
 
 
 def _checkpoint_folder(root: Path) -> Path:
@@ -85,16 +239,61 @@ def _checkpoint_folder(root: Path) -> Path:
     return root
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError, OSError):
+        return True  # someone else's process, or not a pid we can ask about: leave it be
+    return True
+
+
+def remove_stale_folders(root: str | Path | None = None) -> list[Path]:
+    """Remove ``port-weights-<pid>-XXXXXXXX`` folders (ours, by uid) under ``root`` (default
+    ``$TMPDIR``) whose process no longer exists; return what was removed."""
+    root = Path(root or tempfile.gettempdir())
+    removed = []
+    try:
+        candidates = list(root.glob(f"{TEMP_PREFIX}*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        match = _TEMP_RE.fullmatch(path.name)
+        if not match:
+            continue
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _process_exists(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)  # another run may be removing it as well
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
-def unpacked(archive: str | Path) -> Iterator[Path]:
-    """Unpack ``archive`` into a temporary folder; yield the folder holding its checkpoint."""
+def unpacked(archive: str | Path, max_bytes: int = DEFAULT_MAX_BYTES,
+             max_members: int = DEFAULT_MAX_MEMBERS,
+             max_ratio: float = DEFAULT_MAX_RATIO) -> Iterator[Path]:
+    """Unpack ``archive`` into a temporary folder; yield the folder holding its checkpoint.
+
+    PortError (nothing left behind) if the archive is unreadable, holds a member that is not a
+    plain file or folder inside it, or crosses a limit: more than ``max_bytes`` unpacked
+    (``--max-unpacked-bytes``), more than ``max_members`` members, or more than ``max_ratio``
+    bytes unpacked per byte of archive. See the module's docstring for the defaults."""
     archive = Path(archive)
     if not archive.is_file():
         raise PortError(f"{archive}: no such archive")
-    with tempfile.TemporaryDirectory(prefix="port-weights-") as tmp:
+    remove_stale_folders()
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         try:
-            _unpack(archive, Path(tmp))
-        except (tarfile.TarError, EOFError, zlib.error) as err:
+            _unpack(archive, Path(tmp), max_bytes, max_members, max_ratio)
+        except (_Unreadable, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as err:
             raise PortError(f"{archive}: not a readable tar archive: {first_line(err)}") from err
         except OSError as err:
             raise PortError(f"{archive}: cannot unpack: {err.strerror or err}") from err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections import Counter
 
@@ -44,10 +45,13 @@ def handles_errors(command):
 
 
 class DefaultToPort(click.Group):
-    """``port-weights --src X --dst Y`` means ``port-weights port --src X --dst Y``."""
+    """``port-weights --src X --dst Y`` means ``port-weights port --src X --dst Y``.
+
+    Only options are routed to ``port``: a word that is no command (``inpsect``) is a typo,
+    which click answers with "No such command"."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+        if args and args[0].startswith("-") and args[0] not in ("--help", "-h", "--version"):
             args = ["port", *args]
         return super().parse_args(ctx, args)
 
@@ -82,6 +86,15 @@ def _arch_option(what: str):
                              "root scope of its variables, or by the Keras layers]")
 
 
+def _max_unpacked_option():
+    from porting.archives import DEFAULT_MAX_BYTES
+
+    return click.option("--max-unpacked-bytes", type=click.IntRange(min=1), metavar="N",
+                        default=DEFAULT_MAX_BYTES, show_default=True,
+                        help="Refuse a --src archive that unpacks to more than N bytes (the "
+                             "largest release unpacks to ~230 MB).")
+
+
 def _preprocess_choice():
     from porting.preprocess import METHODS
 
@@ -112,9 +125,13 @@ def _preprocess_choice():
               help="Also write NAME-<sha256[:8]>.md, a model-zoo style card for the file.")
 @click.option("--force", is_flag=True, help="Replace an existing output file with different contents.")
 @_arch_option("the checkpoint")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Port NaN/Inf weights instead of refusing the checkpoint (it names the first).")
+@_max_unpacked_option()
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped variable.")
 @handles_errors
-def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, force, arch, verbose):
+def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, force, arch,
+         allow_nonfinite, max_unpacked_bytes, verbose):
     """Convert a checkpoint to a hashed, reproducible PyTorch state dict (.pth or .safetensors).
 
     Every model variable is mapped exactly once and every shape is checked; training leftovers
@@ -126,9 +143,9 @@ def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, f
     from porting.pipeline import port_checkpoint
 
     options = PortOptions(num_classes=int(num_classes), aux=not no_aux, fold_bn=fold_bn, ema=ema,
-                          arch=arch)
+                          arch=arch, allow_nonfinite=allow_nonfinite)
     result = port_checkpoint(src, dst, options, reader=reader, force=force, fmt=fmt,
-                             card=model_card)
+                             card=model_card, max_unpacked_bytes=max_unpacked_bytes)
     source, conversion, written = result.source, result.conversion, result.written
     where = f"{result.archive}: {source.prefix.name}" if result.archive else source.prefix
     click.echo(f"source   {where} ({source.format}, {result.variable_count} variables)")
@@ -147,37 +164,55 @@ def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, f
 @main.command()
 @click.argument("name")
 @click.option("--dest", type=click.Path(file_okay=False), metavar="DIR",
-              help="Folder to download into  [default: the registry's folder, checkpoints/]")
+              help="Folder to download into  [default: checkpoints/ in the working folder, or "
+                   "$PORT_WEIGHTS_CHECKPOINTS]")
 @click.option("--sha256", "sha256", metavar="HEX",
               help="Expected sha256 of the archive (overrides the registry's).")
 @click.option("--url", metavar="URL", help="Download from here instead of the registry's URL.")
+@click.option("--pin", is_flag=True,
+              help="Record the archive's sha256 in releases.lock (in the default download "
+                   "folder, whatever --dest says) so that later fetches and ports check it: "
+                   "trust on first use.")
 @handles_errors
-def fetch(name, dest, sha256, url):
-    """Download release NAME's archive (see checkpoints/registry.json) and verify it.
+def fetch(name, dest, sha256, url, pin):
+    """Download release NAME's archive (the releases: porting/data/registry.json) and verify it.
 
     Shows progress on stderr, retries with backoff, resumes an interrupted transfer from
-    NAME.part, and checks the sha256 when one is known; a mismatch leaves no file behind.
-    The archive can then be ported directly:
+    NAME.part (when the server's ETag/Last-Modified or a digest vouches for it), and checks the
+    sha256 pinned in the registry or in releases.lock (see --pin); a mismatch leaves no file
+    behind. The archive can then be ported directly:
 
     \b
       port-weights --src ARCHIVE --dst OUT.pth
     """
     from pathlib import Path
 
+    from porting import registry
     from porting.download import download
-    from porting.registry import REGISTRY_PATH, get_release
 
-    release = get_release(name)
-    expected = sha256 or release.sha256
-    folder = Path(dest) if dest else REGISTRY_PATH.parent
-    fetched = download(url or release.url, folder / release.archive, expected)
+    release = registry.get_release(name)
+    expected, pinned_in = (sha256, None) if sha256 else registry.pinned(name) or (None, None)
+    folder = Path(dest) if dest else registry.download_dir()
+    source_url = url or release.url
+    fetched = download(source_url, folder / release.archive, expected, pinned_in=pinned_in)
     state = "already there" if fetched.unchanged else "downloaded"
     click.echo(f"archive  {fetched.path} ({state})")
     if fetched.verified:
         click.echo(f"sha256   {fetched.sha256} (verified)")
+    elif pin:
+        click.echo(f"sha256   {fetched.sha256} (NOT verified against any other source: "
+                   "trusted on first use)")
     else:
         click.echo(f"sha256   {fetched.sha256} (NOT verified: no digest is pinned for {name}; "
-                   f"check it, then record it in {REGISTRY_PATH})")
+                   f"check it, then pin it with `port-weights fetch {name} --pin` "
+                   f"({registry.lock_path()}) or record it in {registry.REGISTRY_PATH})")
+    if not fetched.verified and not fetched.unchanged and not fetched.length_checked:
+        click.echo("warning  the server sent no length, so a transfer cut short would have gone "
+                   "unnoticed: this file may be incomplete")
+    if pin:
+        lock = registry.pin(release, fetched.sha256, source_url)
+        click.echo(f"pinned   {fetched.sha256} for {name} in {lock}; later fetches and ports "
+                   "check it")
 
 
 @main.command()
@@ -187,8 +222,9 @@ def fetch(name, dest, sha256, url):
 @click.option("--reader", type=_reader_choice(), default="native", show_default=True,
               help="Checkpoint reader: native (no TensorFlow) or tf (TensorFlow's).")
 @_arch_option("the checkpoint")
+@_max_unpacked_option()
 @handles_errors
-def inspect(src, no_aux, ema, reader, arch):
+def inspect(src, no_aux, ema, reader, arch, max_unpacked_bytes):
     """List a checkpoint's variables and where each one goes in the PyTorch model.
 
     Reads the index only. Shows the format, the architecture, every variable (dtype, shape,
@@ -197,7 +233,7 @@ def inspect(src, no_aux, ema, reader, arch):
     """
     from porting.readers import open_source
 
-    with open_source(src, reader, arch) as opened:
+    with open_source(src, reader, arch, max_unpacked_bytes) as opened:
         _inspect(opened, no_aux, ema, arch)
 
 
@@ -305,7 +341,7 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     """
     from pathlib import Path
 
-    from porting.files import write_json
+    from porting.files import check_target, write_json
     from porting.verify import UsageProblem, VerifyRequest, run
 
     def path(value):
@@ -319,6 +355,8 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
         request.check()
     except UsageProblem as err:
         raise click.UsageError(str(err)) from err
+    if json_path:  # refused before any work, and again when written
+        check_target(Path(json_path), request.inputs())
     report = run(request, progress=_progress_line)
     if report.end_points:
         click.echo("\n".join(report.table()))
@@ -330,7 +368,8 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     elif report.manifest_skipped:
         click.echo(f"manifest not updated: {report.manifest_skipped}")
     if json_path:
-        write_json(Path(json_path), report.to_json())  # atomic; PortError naming the file
+        # atomic (or written through to a stream such as /dev/stdout); PortError naming it
+        write_json(Path(json_path), report.to_json(), request.inputs())
     if not report.passed:
         click.echo(report.verdict(), err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -377,17 +416,37 @@ def _describe_skipped(skipped: dict[str, str], verbose: bool) -> str:
         " (-v lists them)"
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (``timeout``, CI cancellation, ``docker stop``, a closed terminal):
+    unwinds like Ctrl-C, so every staged output and unpacked archive is removed on the way."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
 def run() -> None:
     """The console script: ``main``, then a fast exit.
 
-    With TensorFlow (``--reader tf``) or torch (verify, predict) loaded, the interpreter's own
+    SIGTERM and SIGHUP clean up as Ctrl-C does and exit with 128 + the signal's number. With
+    TensorFlow (``--reader tf``) or torch (verify, predict) loaded, the interpreter's own
     teardown takes ~0.4 s on our 2-core machines. Every file is written, fsynced and closed
     before ``main`` returns, so after flushing stdout and stderr nothing is left for it to do.
     """
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     try:
         main()
     except SystemExit as done:
         code = done.code
+    except Terminated as stop:
+        print(f"interrupted by {signal.Signals(stop.signum).name}; outputs left unwritten",
+              file=sys.stderr)
+        code = 128 + stop.signum
     else:
         code = 0
     if isinstance(code, str):  # sys.exit("message") convention

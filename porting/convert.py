@@ -25,6 +25,7 @@ class PortOptions:
     fold_bn: bool = False    # fold batch norm into conv weights and biases (deploy variant)
     ema: bool = False        # take /ExponentialMovingAverage shadows where present
     arch: str | None = None  # force the architecture (default: told by the variables' root scope)
+    allow_nonfinite: bool = False  # port NaN/Inf weights instead of refusing the checkpoint
 
     def describe(self) -> str:
         flags = [f"{self.num_classes} classes", "aux" if self.aux else "no aux"]
@@ -136,6 +137,16 @@ def _check_shapes(reader, spec: Architecture, layers, sources, options) -> int:
     return source_classes
 
 
+def _check_finite(path, name: str, value: np.ndarray) -> None:
+    """PortError naming a variable that holds NaN or Inf: a damaged or diverged checkpoint
+    would otherwise be ported silently (and fold into every later layer's output)."""
+    finite = np.isfinite(value)
+    if not finite.all():
+        bad = value.size - int(finite.sum())
+        raise PortError(f"{path}: {name} holds {bad} NaN/Inf value{'s' * (bad > 1)} of "
+                        f"{value.size}; --allow-nonfinite ports it anyway")
+
+
 def label_offset(spec: Architecture, source_classes: int, options: PortOptions) -> int:
     """How many leading classes (TF-Slim's background) the port drops: the architecture's
     label offset when the checkpoint has TF-Slim's classes and fewer are asked for, else 0."""
@@ -172,9 +183,13 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
     drop = label_offset(checked.architecture, checked.source_classes, options)
 
     tensors, mapped = {}, {}
+    path = reader.source.files[0]
     for layer in layers:
         names = layer.variables()
         values = {role: reader.read(sources[name]) for role, name in names.items()}
+        if not options.allow_nonfinite:
+            for role, value in values.items():
+                _check_finite(path, reader.stored_name(sources[names[role]]), value)
         tensors.update(layer.kind.tensors(layer.module, values, options.fold_bn, drop))
         for role, name in names.items():
             mapped[sources[name]] = layer.label(role)

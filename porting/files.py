@@ -1,5 +1,14 @@
-"""Every file the tool writes goes through here: staged beside its destination, renamed into
-place whole, and one error line naming the file when the disk says no.
+"""Every file the tool writes goes through here, under one set of rules:
+
+- staged beside its destination under a temporary name ``.NAME.<pid>.XXXX.tmp`` and renamed
+  into place whole; a later run removes temporaries whose process is gone (SIGKILL, power cut);
+- a target that resolves to an input of the command (the weights being verified, the goldens
+  being read, a checkpoint file) is refused, and so is an existing target that is not a regular
+  file: a symbolic link, a folder, a socket. A character device or a pipe (``/dev/stdout``,
+  ``/dev/null``) is a stream: written through, never replaced;
+- ``Outputs`` makes a command's outputs appear together or not at all: all are staged first,
+  then renamed in the order staged (weights last), and a failure removes what was renamed;
+- one error line naming the file when the disk says no.
 
 Also the sha256 of a file, which manifests, goldens and downloads record.
 """
@@ -7,8 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
+import stat
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from porting.errors import PortError
@@ -27,10 +40,35 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# --- temporaries ---------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.NAME.<pid>.*.tmp`` beside ``path`` left by processes that no longer exist."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^./]+\.tmp")
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            match = pattern.fullmatch(entry.name)
+            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
 def temporary_beside(path: Path) -> tuple[int, Path]:
     """(open descriptor, name) of a new private file beside ``path``: the same file system, so
-    that ``move_into_place`` is an atomic rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    that ``move_into_place`` is an atomic rename. Stale temporaries of ``path`` are removed."""
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     return fd, Path(tmp)
 
 
@@ -40,39 +78,139 @@ def move_into_place(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def staged(path: Path):
-    """Yields (file object, temporary path) beside ``path``; removed unless ``commit`` renamed it."""
-    fd, tmp = temporary_beside(path)
+# --- targets -------------------------------------------------------------------------------
+
+def is_stream(path: Path) -> bool:
+    """Whether ``path`` is a character device or a pipe (following links): written through."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f, tmp
-    finally:
-        tmp.unlink(missing_ok=True)
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
-def commit(f, tmp: Path, path: Path) -> None:
-    """Flush and fsync a staged file, then rename it to ``path``."""
-    f.flush()
-    os.fsync(f.fileno())
-    move_into_place(tmp, path)
+def check_target(path: Path, inputs=()) -> None:
+    """PortError unless ``path`` may be written: not an input of the command, and either new,
+    a regular file (replaced whole), or a stream (written through)."""
+    path = Path(path)
+    if str(path) == "" or path.name in ("", ".", ".."):
+        raise PortError(f"{str(path)!r}: not a file name")
+    for given in inputs:
+        given = Path(given)
+        with contextlib.suppress(OSError):
+            if path.resolve() == given.resolve() or (path.exists() and os.path.samefile(path, given)):
+                raise PortError(f"{path}: refused: it is {given}, an input of this command")
+    if is_stream(path):
+        return
+    if path.is_symlink():
+        raise PortError(f"{path}: refused: a symbolic link (give its target, or another name)")
+    if path.exists() and not path.is_file():
+        raise PortError(f"{path}: refused: exists and is not a regular file")
 
 
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` whole or not at all; PortError naming it on failure."""
-    try:
-        with staged(path) as (f, tmp):
-            f.write(payload)
-            commit(f, tmp, path)
-    except OSError as err:
-        raise cannot_write(path, err) from err
+@dataclass
+class _Staged:
+    path: Path                  # where it goes
+    tmp: Path | None            # the staged file (None: a stream, written at commit)
+    payload: bytes | None = None
 
 
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, text.encode("utf8"))
+@dataclass
+class Outputs:
+    """The files one command writes: staged, then committed together (see the module docstring).
+
+    Use as a context manager: anything not committed when the block ends is removed."""
+    inputs: tuple = ()
+    _staged: list = field(default_factory=list)
+
+    def check(self, path: Path) -> None:
+        check_target(path, self.inputs)
+
+    @contextlib.contextmanager
+    def stream_into(self, path: Path):
+        """Yields a ``_Staged`` whose ``file`` receives the contents; its ``path`` may be
+        changed (e.g. to a name derived from the contents) before ``commit``."""
+        self.check(path)
+        try:
+            fd, tmp = temporary_beside(path)
+        except OSError as err:
+            raise cannot_write(path, err) from err
+        staged = _Staged(path, tmp)
+        self._staged.append(staged)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                staged.file = f
+                yield staged
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise cannot_write(staged.path, err) from err
+
+    def add(self, path: Path, payload: bytes) -> None:
+        """Stage ``payload`` for ``path`` (a stream gets it at commit)."""
+        self.check(path)
+        if is_stream(path):
+            self._staged.append(_Staged(path, None, payload))
+            return
+        with self.stream_into(path) as staged:
+            staged.file.write(payload)
+
+    def drop(self, path: Path) -> None:
+        """Forget a staged output (e.g. an identical file is already there)."""
+        for staged in [s for s in self._staged if s.path == path]:
+            self._staged.remove(staged)
+            if staged.tmp is not None:
+                staged.tmp.unlink(missing_ok=True)
+
+    def commit(self, last: Path | None = None) -> None:
+        """Rename every staged file into place, in the order staged but ``last`` last (the
+        weights, so that they never stand without their manifest); on failure, remove the ones
+        already renamed and raise PortError naming the file."""
+        self._staged.sort(key=lambda staged: staged.path == last)  # stable: keeps the order
+        done = []
+        try:
+            for staged in self._staged:
+                self.check(staged.path)  # still not an input, a link or a folder
+                if staged.tmp is None:
+                    with open(staged.path, "wb") as stream:
+                        stream.write(staged.payload)
+                else:
+                    move_into_place(staged.tmp, staged.path)
+                    done.append(staged.path)
+        except OSError as err:
+            for path in done:
+                path.unlink(missing_ok=True)
+            raise cannot_write(staged.path, err) from err
+        except BaseException:
+            for path in done:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        for staged in self._staged:
+            if staged.tmp is not None:
+                staged.tmp.unlink(missing_ok=True)
+        self._staged = []
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abandon()
 
 
-def write_json(path: Path, document: dict) -> None:
-    import json
+def write_output(path: Path, payload: bytes, inputs=()) -> None:
+    """Write one file (or stream) by the rules above; PortError naming it on failure."""
+    with Outputs(tuple(inputs)) as outputs:
+        outputs.add(Path(path), payload)
+        outputs.commit()
 
-    write_text(path, json.dumps(document, indent=2) + "\n")
+
+def write_text(path: Path, text: str, inputs=()) -> None:
+    write_output(path, text.encode("utf8"), inputs)
+
+
+def write_json(path: Path, document: dict, inputs=()) -> None:
+    write_text(path, json.dumps(document, indent=2) + "\n", inputs)

@@ -22,6 +22,7 @@ import numpy as np
 
 from porting.errors import PortError
 from porting.files import cannot_write, move_into_place, temporary_beside
+from porting.h5safety import check_self_contained, shown
 
 FORMAT = "tf-porting-goldens/1"
 
@@ -121,10 +122,18 @@ def _versions() -> dict[str, str]:
 
 _ATTRS = ("checkpoint", "checkpoint_sha256", "num_classes", "aux", "ema", "dtype")
 _DATASETS = ("inputs", "image_names", "end_points")
+_DTYPES = ("float32", "float64")
+_H5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # what h5py raises
 
 
 class Goldens:
-    """A golden file opened for verification: inputs, source facts and a ``Reference``."""
+    """A golden file opened for verification: inputs, source facts and a ``Reference``.
+
+    Opening checks, before reading any data, that the file keeps its data to itself
+    (``porting.h5safety``), then that the layout is the recorder's: ``inputs`` [N, H, W, 3] in
+    the recorded dtype (H and W the architecture's input size), N image names, and end points
+    (``Logits`` among them) with N rows each, the class scores [N, num_classes]. Any failure,
+    including a damaged chunk met later by ``reference``, is a PortError naming the file."""
 
     def __init__(self, path: str | Path):
         import h5py
@@ -137,13 +146,13 @@ class Goldens:
         except OSError as err:
             raise PortError(f"{self.path}: not an HDF5 golden file") from err
         try:
+            check_self_contained(self.path, self._file)  # before any data is read
             self._read()
         except BaseException as err:
             self._file.close()
-            if isinstance(err, (KeyError, ValueError, TypeError, OSError)):  # damaged or foreign
-                reason = (str(err).strip().splitlines() or [""])[0]
+            if isinstance(err, _H5_FAILURES):  # damaged or foreign
                 raise PortError(f"{self.path}: not a readable golden file "
-                                f"({type(err).__name__}: {reason})") from err
+                                f"({type(err).__name__}: {_first_line(err)})") from err
             raise
 
     def _read(self) -> None:
@@ -157,13 +166,87 @@ class Goldens:
         self.source = SourceInfo(str(attrs["checkpoint"]), json.loads(attrs["checkpoint_sha256"]),
                                  int(attrs["num_classes"]), bool(attrs["aux"]), bool(attrs["ema"]),
                                  str(attrs["dtype"]), str(attrs.get("architecture", "inception_v3")))
+        count = self._check_layout()
         self.inputs = self._file["inputs"][...]
-        self.names = [n.decode() if isinstance(n, bytes) else n for n in self._file["image_names"]]
+        self.names = [n.decode() if isinstance(n, bytes) else str(n)
+                      for n in self._file["image_names"][...]]
         self.end_points = tuple(self._file["end_points"])
+        if len(self.inputs) != count or len(self.names) != count:
+            raise PortError(f"{self.path}: damaged golden file: read {len(self.inputs)} inputs "
+                            f"and {len(self.names)} names of {count}")
+
+    def _check_layout(self) -> int:
+        """N, the number of images; PortError naming the file and the dataset if a dataset's
+        kind, shape or dtype is not what the recorder writes (only metadata is read)."""
+        import h5py
+
+        from models.spec import architectures
+
+        source, file = self.source, self._file
+        if source.dtype not in _DTYPES:
+            raise PortError(f"{self.path}: recorded in '{shown(source.dtype)}'; golden files "
+                            f"are {' or '.join(_DTYPES)}")
+        spec = architectures().get(source.architecture)
+        if spec is None:
+            raise PortError(f"{self.path}: recorded from architecture "
+                            f"'{shown(source.architecture)}', none of "
+                            f"{', '.join(architectures())}")
+        if source.num_classes < 1:
+            raise PortError(f"{self.path}: num_classes is {source.num_classes}")
+        for name, kind in (("inputs", h5py.Dataset), ("image_names", h5py.Dataset),
+                           ("end_points", h5py.Group)):
+            if not isinstance(file[name], kind):
+                raise PortError(f"{self.path}: {name} is no {kind.__name__.lower()}")
+        inputs, size = file["inputs"], spec.eval.input_size
+        shape = inputs.shape or ()
+        if (len(shape) != 4 or shape[0] < 1 or shape[1:] != (size, size, 3)
+                or inputs.dtype != np.dtype(source.dtype)):
+            raise PortError(f"{self.path}: inputs are {_described(inputs)}; a golden file of "
+                            f"{spec.title} holds [N, {size}, {size}, 3] {source.dtype} images")
+        count = inputs.shape[0]
+        names = file["image_names"]
+        if names.shape != (count,) or h5py.check_string_dtype(names.dtype) is None:
+            raise PortError(f"{self.path}: image_names are {_described(names)}; expected "
+                            f"[{count}] strings, one per input")
+        group = file["end_points"]
+        if "Logits" not in group:
+            raise PortError(f"{self.path}: incomplete golden file: no end point 'Logits'")
+        for name in group:
+            dataset = group.get(name)
+            where = f"end_points/{shown(name)}"
+            if not isinstance(dataset, h5py.Dataset):
+                raise PortError(f"{self.path}: {where} is no dataset")
+            if (len(dataset.shape or ()) < 2 or dataset.shape[0] != count
+                    or dataset.dtype.kind != "f"):
+                raise PortError(f"{self.path}: {where} is {_described(dataset)}; expected "
+                                f"float rows for the {count} inputs")
+            if name in spec.logits_end_points and dataset.shape != (count, source.num_classes):
+                raise PortError(f"{self.path}: {where} is {_described(dataset)}; expected "
+                                f"[{count}, {source.num_classes}] class scores")
+        return count
 
     def reference(self, start: int, stop: int) -> dict:
-        group = self._file["end_points"]
-        return {name: group[name][start:stop] for name in self.end_points}
+        """TF's end points for images[start:stop]; PortError naming the file and the dataset
+        if HDF5 cannot read them (a damaged chunk, a missing filter)."""
+        outputs = {}
+        for name in self.end_points:
+            try:
+                outputs[name] = self._file["end_points"][name][start:stop]
+            except _H5_FAILURES as err:
+                raise PortError(f"{self.path}: cannot read end_points/{shown(name)} of images "
+                                f"{start}..{stop - 1} ({type(err).__name__}: "
+                                f"{_first_line(err)})") from err
+        return outputs
 
     def close(self) -> None:
         self._file.close()
+
+
+def _described(dataset) -> str:
+    """A dataset's shape and dtype, as messages give them: ``[2, 5] int64``."""
+    return f"[{', '.join(map(str, dataset.shape))}] {dataset.dtype}" if dataset.shape is not None \
+        else f"empty ({dataset.dtype})"
+
+
+def _first_line(err: Exception) -> str:
+    return shown((str(err).strip().splitlines() or [""])[0])

@@ -14,7 +14,9 @@ k-th counted conv and batch norm are the k-th non-aux ``conv_bn`` row of the arc
 table, once the layers keras.applications names itself are set aside; each architecture's
 ``KerasAdapter`` (``models/<name>/spec.py``) lists those. The tests prove it against Keras's own
 predictions. The reader presents the weights under TF-Slim variable names, so the converter and
-its checks are the same for every source.
+its checks are the same for every source. Before any layer is looked up, the whole file is
+checked to keep its data to itself (``porting.h5safety``: no external or dangling links, no
+external raw storage, no virtual datasets), so no byte from another file can become a weight.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from models.spec import Architecture, architectures, get_architecture
 from porting.errors import PortError
+from porting.h5safety import check_self_contained, shown
 from porting.reader_api import VariableInfo
 from porting.sources import CheckpointSource
 
@@ -67,6 +70,10 @@ def _chunked_attr(group, name: str) -> list[str]:
         values += [_text(v) for v in group.attrs[f"{name}{chunk}"]]
         chunk += 1
     return values
+
+
+def _first_line(err: Exception) -> str:
+    return shown((str(err).strip().splitlines() or [type(err).__name__])[0])
 
 
 def _kind_of(path: Path, name: str, weights: dict) -> str:
@@ -224,12 +231,17 @@ class KerasReader:
         except OSError as err:
             raise PortError(f"{self.path}: not an HDF5 file: {err}") from err
         try:
+            # before any object is reached through a link or any data read (check_self_contained)
+            check_self_contained(self.path, self._file)
             self._index(self._file, arch)
         except BaseException as err:
             self._file.close()
             if isinstance(err, KeyError):  # a group or dataset the layout promises is missing
                 raise PortError(f"{self.path}: not a Keras weights file of a keras.applications "
                                 f"model: missing {err}") from err
+            if isinstance(err, (OSError, RuntimeError)):  # h5py on damaged metadata
+                raise PortError(f"{self.path}: damaged Keras weights file "
+                                f"({type(err).__name__}: {_first_line(err)})") from err
             raise
 
     def _index(self, root, arch: str | None) -> None:
@@ -265,8 +277,9 @@ class KerasReader:
     def read(self, name: str) -> np.ndarray:
         try:
             value = np.asarray(self._datasets[name][()])
-        except OSError as err:
-            raise PortError(f"{self.path}: cannot read {self.stored_name(name)}: {err}") from err
+        except (OSError, RuntimeError) as err:  # a damaged chunk, a missing filter
+            raise PortError(f"{self.path}: cannot read {self.stored_name(name)}: "
+                            f"{_first_line(err)}") from err
         return value.reshape(self._variables[name].shape)
 
     def close(self) -> None:

@@ -7,14 +7,16 @@ until a check against the reference has run (``record_parity``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from models.spec import get_architecture
-from porting.files import sha256_file, write_json
-from porting.registry import Release, load_registry
+from porting.errors import PortError
+from porting.files import Outputs, sha256_file
+from porting.registry import Release, load_registry, pinned_sha256
 
 if TYPE_CHECKING:  # porting.parity imports torch, which a port does without
     from porting.parity import Parity
@@ -54,26 +56,34 @@ def hash_source_files(checkpoint_source, archive: Path | None) -> dict:
 
 def source_record(given: str | Path, checkpoint_source, hashed_files: dict,
                   release: Release | None, num_classes: int) -> dict:
-    """The source as the manifest records it; ``hashed_files`` from ``hash_source_files``."""
+    """The source as the manifest records it; ``hashed_files`` from ``hash_source_files``.
+
+    ``release`` is what the file's name matched; ``release_verified`` says whether its content
+    is that release: true only when the archive's sha256 is the one pinned for the release (in
+    the registry or releases.lock). An unpacked checkpoint cannot be checked against the
+    archive's digest, so it is never verified."""
+    archive = hashed_files.get("archive")
+    expected = pinned_sha256(release.name) if release and archive else None
     return {
         "given": str(given),
         "format": checkpoint_source.format,
         "num_classes": num_classes,
         "checkpoint": checkpoint_source.prefix.name,
         "release": release.name if release else None,
+        "release_verified": bool(expected) and archive["sha256"] == expected,
         "url": release.url if release else None,
         **hashed_files,
     }
 
 
-def build_manifest(source: dict, output: Path, output_format: str, sha256: str,
+def build_manifest(source: dict, output: Path, output_format: str, sha256: str, size: int,
                    header_metadata: dict | None, options: dict, variable_count: int,
                    mapped: dict, skipped: dict) -> dict:
     return {
         "manifest_version": MANIFEST_VERSION,
         "tool": {"name": "tf-porting", "version": tool_version()},
         "source": source,
-        "output": {"file": output.name, "format": output_format, "bytes": output.stat().st_size,
+        "output": {"file": output.name, "format": output_format, "bytes": size,
                    "sha256": sha256, "header_metadata": header_metadata},
         "options": options,
         "variables": {"in_source": variable_count, "mapped_count": len(mapped),
@@ -82,15 +92,52 @@ def build_manifest(source: dict, output: Path, output_format: str, sha256: str,
     }
 
 
-def record_parity(manifest_path: Path, parity: Parity, reference: str) -> dict:
-    """Add the figures of a passed or failed parity check to a manifest; return it."""
+def _dump(document: dict) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode("utf8")
+
+
+def stage_sidecar(outputs: Outputs, path: Path, content: dict | str, sha256: str,
+                  force: bool):
+    """Stage a manifest (dict) or model card (str) of the weights with ``sha256``. An existing
+    sidecar of the same weights is refreshed, the parity ``verify`` recorded in a manifest
+    kept; any other file there (edited, or of other weights) is replaced only with ``force``,
+    the weights' rule. Returns what was staged."""
+    same_weights = False
+    if path.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if isinstance(content, dict):
+                existing = json.loads(path.read_text())
+                same_weights = existing["output"]["sha256"] == sha256
+                if same_weights and existing["parity"]:
+                    content = {**content, "parity": existing["parity"]}
+            else:
+                same_weights = f"sha256 `{sha256}`" in path.read_text()
+    payload = _dump(content) if isinstance(content, dict) else content.encode("utf8")
+    outputs.check(path)
+    if path.is_file():
+        if path.read_bytes() == payload:
+            return content
+        if not (force or same_weights):
+            raise PortError(f"{path}: exists with different contents; pass --force to replace it")
+    outputs.add(path, payload)
+    return content
+
+
+def record_parity(manifest_path: Path, parity: Parity, reference: str,
+                  card_path: Path | None = None) -> dict:
+    """Add the figures of a passed or failed parity check to a manifest (and refresh the model
+    card at ``card_path``, both or neither); return the manifest."""
     manifest = json.loads(manifest_path.read_text())
     manifest["parity"] = {
         "reference": reference, "images": parity.images, "max_abs_diff": parity.max_abs_diff,
         "tolerance": parity.tolerance, "top1_agree": parity.top1_agree,
         "top5_agree": parity.top5_agree, "passed": parity.passed,
     }
-    write_json(manifest_path, manifest)
+    with Outputs() as outputs:
+        outputs.add(manifest_path, _dump(manifest))
+        if card_path is not None:
+            outputs.add(card_path, model_card(manifest).encode("utf8"))
+        outputs.commit()
     return manifest
 
 
@@ -112,8 +159,12 @@ def model_card(manifest: dict) -> str:
     spec = get_architecture(options["architecture"])
     prep = spec.eval  # the recipe the architecture's TF-Slim models were evaluated with
     params = spec.parameter_count(options["num_classes"], options["aux"], options["fold_bn"])
-    origin = (f"[{release.archive}]({release.url}) ({release.title}, {release.date}; "
-              "identified by its file name)" if release
+    origin = (f"the official {release.name}: [{release.archive}]({release.url}) ({release.title}, "
+              f"{release.date}; sha256 matches the pinned digest)"
+              if release and source.get("release_verified") else
+              f"`{Path(source['given']).name}`: a checkpoint named like {release.name} (digest not "
+              f"verified), the release published as [{release.archive}]({release.url}) "
+              f"({release.title}, {release.date})" if release
               else f"`{Path(source['given']).name}` (local file, {source['format']})")
     parity = manifest["parity"]
     parity_line = (f"max abs logit diff {parity['max_abs_diff']:.3g} (bound {parity['tolerance']:.3g}), "

@@ -53,10 +53,50 @@ def _shape(fields: dict) -> tuple[int, ...]:
     """A TensorShapeProto's dims (dim=2 {size=1}); unknown rank or sizes cannot be stored."""
     if scalar(fields, 3):
         raise FormatError("shape of unknown rank")
-    dims = tuple(as_int64(scalar(parse_message(d), 1)) for d in fields.get(2, []))
+    dims = []
+    for dim in fields.get(2, []):
+        dim_fields = parse_message(dim)
+        _text(dim_fields, 2, "dimension name")
+        dims.append(as_int64(scalar(dim_fields, 1)))
+    dims = tuple(dims)
     if any(d < 0 for d in dims):
         raise FormatError(f"shape {list(dims)} has an unknown dimension")
     return dims
+
+
+def _text(fields: dict, number: int, what: str) -> str:
+    """A proto3 ``string`` field: TensorFlow's protobuf refuses the message if it is not UTF-8."""
+    value = last(fields, number, b"")
+    if isinstance(value, int):
+        raise FormatError(f"{what} should be a string")
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"{what} {bytes(value)!r} is not UTF-8") from None
+
+
+# TensorFlow's tensor bundle versions (tensor_bundle.h): what TF's reader accepts.
+_BUNDLE_VERSION, _BUNDLE_MIN_PRODUCER = 1, 0
+
+
+def _check_version(version: dict) -> None:
+    """A VersionDef as TensorFlow's CheckVersions judges it (int32 fields)."""
+    producer = _as_int32(scalar(version, 1))
+    min_consumer = _as_int32(scalar(version, 2))
+    bad = [_as_int32(v) for v in repeated_varints(version.get(3, []))]
+    if producer < _BUNDLE_MIN_PRODUCER:
+        raise FormatError(f"checkpoint producer version {producer} is too old")
+    if min_consumer > _BUNDLE_VERSION:
+        raise FormatError(f"checkpoint needs reader version {min_consumer} (this is "
+                          f"{_BUNDLE_VERSION})")
+    if _BUNDLE_VERSION in bad:
+        raise FormatError(f"checkpoint disallows reader version {_BUNDLE_VERSION}")
+
+
+def _as_int32(value: int) -> int:
+    """A protobuf int32 field's varint: two's complement, truncated to 32 bits."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 Extent = tuple[int, int]  # (start, length); length -1 means the whole dimension
@@ -198,12 +238,20 @@ class _Bundle:
                 header = parse_message(value)
                 continue
             name = key.decode("utf-8", "replace")
+            if key in self.entries:
+                raise FormatError(f"{name}: listed twice in the index")
+            if not key.startswith(b"\x00"):  # slice keys are binary; tensor names are text
+                try:
+                    key.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise FormatError(f"tensor name {key!r} is not UTF-8") from None
             try:
                 self.entries[key] = _BundleEntry.parse(value)
             except FormatError as err:
                 raise FormatError(f"{name}: {err}") from None
         if header is None:
             raise FormatError("no bundle header (not a V2 checkpoint index)")
+        _check_version(submessage(header, 3))
         self.num_shards = scalar(header, 1)
         endianness = scalar(header, 2)
         if endianness not in (0, 1):
@@ -240,7 +288,7 @@ class _Bundle:
 
     def _read_stored(self, entry: _BundleEntry) -> np.ndarray:
         path = self.shards[entry.shard]
-        if not path.is_file():
+        if not path.exists():  # anything there but a regular file: read_exact refuses it
             raise FormatError("data shard missing", path)
         raw = read_exact(path, entry.offset, entry.size, "tensor data")
         try:
@@ -306,9 +354,11 @@ class _SliceTables:
     def __init__(self, source: CheckpointSource):
         self.tensors: dict[str, _SlicedTensor] = {}
         self.files = source.files
+        self.tables: list[Table] = []
         for path in source.files:
             try:
-                self._add_table(Table(path))
+                self.tables.append(Table(path))
+                self._add_table(self.tables[-1])
             except FormatError as err:
                 raise FormatError(str(err), err.path or path) from None
 
@@ -319,7 +369,11 @@ class _SliceTables:
         meta = submessage(parse_message(meta_value), 1)
         for saved in meta.get(1, []):
             fields = parse_message(saved)
-            name = bytes(last(fields, 1, b"")).decode("utf-8", "replace")
+            raw_name = bytes(last(fields, 1, b""))
+            try:
+                name = raw_name.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FormatError(f"tensor name {raw_name!r} is not UTF-8") from None
             try:
                 code = scalar(fields, 3)
                 tensor = _SlicedTensor(code, _dtype(code), _shape(submessage(fields, 2)),
@@ -336,6 +390,15 @@ class _SliceTables:
 
     def variables(self) -> dict[str, VariableInfo]:
         return {name: VariableInfo(t.dtype, t.shape) for name, t in sorted(self.tensors.items())}
+
+    def check_blocks(self) -> None:
+        """Every block of every table: CRC, decompression, entries, key order."""
+        for table in self.tables:
+            try:
+                for _ in table.items():
+                    pass
+            except FormatError as err:
+                raise FormatError(str(err), err.path or table.path) from None
 
     def file_of(self, name: str) -> Path:
         parts = self.tensors[name].parts
@@ -385,6 +448,20 @@ class NativeReader:
 
     def variables(self) -> Mapping[str, VariableInfo]:
         return self._variables
+
+    def check_index(self) -> None:
+        """Check every block of the index (V2: done at open) or of every V1 table, and parse
+        every entry; PortError naming the file on the first fault. ``--reader tf`` runs this
+        before TensorFlow sees the files: TF's reader aborts the process on some malformed
+        (CRC-valid) indexes instead of raising."""
+        if not isinstance(self._format, _SliceTables):
+            return  # _Bundle parsed every block and every entry when it opened
+        try:
+            self._format.check_blocks()
+        except FormatError as err:
+            raise PortError(f"{err.path or self.source.files[0]}: {err}") from None
+        except OSError as err:
+            raise PortError(f"{err.filename or self.source.files[0]}: cannot read: {err.strerror}") from None
 
     def read(self, name: str) -> np.ndarray:
         if name not in self._variables:

@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from porting.archives import DEFAULT_MAX_BYTES
 from porting.convert import Conversion, PortOptions, convert
-from porting.files import write_json, write_text
-from porting.manifest import build_manifest, hash_source_files, model_card, sidecar, source_record
+from porting.files import Outputs
+from porting.manifest import (build_manifest, hash_source_files, model_card, sidecar,
+                              source_record, stage_sidecar)
 from porting.readers import open_source
 from porting.registry import release_for
 from porting.sources import CheckpointSource
@@ -33,10 +35,10 @@ class PortResult:
 
 def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = PortOptions(),
                     reader: str = "native", force: bool = False, fmt: str | None = None,
-                    card: bool = False) -> PortResult:
+                    card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> PortResult:
     """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
     fmt = output_format(dst, fmt)
-    with open_source(src, reader, options.arch) as opened, \
+    with open_source(src, reader, options.arch, max_unpacked_bytes) as opened, \
             ThreadPoolExecutor(max_workers=1) as hasher:
         checkpoint = opened.reader
         # Hashing the source for the manifest runs beside the conversion (hashlib and file
@@ -49,21 +51,26 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         variables = checkpoint.variables()
         mapped = {checkpoint.stored_name(name): target
                   for name, target in conversion.mapped.items()}
+        inputs = (*checkpoint.source.files, *([opened.archive] if opened.archive else []))
     spec = conversion.architecture
     header = {"format": "pt", "model": f"{spec.name} ({spec.package}, TF-Slim exact)",
               "source": opened.published_name, "options": options.describe()} \
         if fmt == "safetensors" else None
-    written = write_hashed(conversion.state_dict, dst, force=force, fmt=fmt, metadata=header)
-
     options_record = {"architecture": spec.name, "num_classes": options.num_classes,
                       "aux": options.aux, "fold_bn": options.fold_bn, "ema": options.ema,
                       "reader": checkpoint.kind}
-    manifest = build_manifest(source, written.path, fmt, written.sha256, header, options_record,
-                              len(variables), mapped, conversion.skipped)
-    manifest_path = sidecar(written.path, ".json")
-    write_json(manifest_path, manifest)
-    card_path = sidecar(written.path, ".md") if card else None
-    if card_path:
-        write_text(card_path, model_card(manifest))
+    # All outputs are staged, then renamed into place together, the weights last.
+    with Outputs(inputs) as outputs:
+        written = write_hashed(conversion.state_dict, dst, outputs, force=force, fmt=fmt,
+                               metadata=header)
+        manifest = build_manifest(source, written.path, fmt, written.sha256, written.size,
+                                  header, options_record, len(variables), mapped,
+                                  conversion.skipped)
+        manifest_path = sidecar(written.path, ".json")
+        manifest = stage_sidecar(outputs, manifest_path, manifest, written.sha256, force)
+        card_path = sidecar(written.path, ".md") if card else None
+        if card_path:
+            stage_sidecar(outputs, card_path, model_card(manifest), written.sha256, force)
+        outputs.commit(last=written.path)
     return PortResult(checkpoint.source, opened.archive, len(variables), conversion,
                       written, manifest_path, card_path)

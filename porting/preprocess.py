@@ -15,6 +15,7 @@ floor(299 / 0.875) = 341 (PIL), centre crop 299, mean = std = 0.5. Same [-1, 1] 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +91,17 @@ def load_image(path: str | Path, method: str = "tf-slim", config=None) -> np.nda
 
     size, crop = (config.input_size, config.crop_fraction) if config else (SIZE, CROP_FRACTION)
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if method == "tf-slim":
-                return tf_slim_eval(np.asarray(image), size, crop)
-            return timm_eval(image, size, crop)
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and refuses at twice that: refuse at once, as
+            # decoding such an image (a "decompression bomb") takes gigabytes
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise PortError(f"{path}: image too large (more than {Image.MAX_IMAGE_PIXELS:,} "
+                        "pixels)") from err
     except OSError as err:  # missing, unreadable or not an image (PIL's error is an OSError)
         raise PortError(f"{path}: cannot read image ({type(err).__name__})") from err
+    if method == "tf-slim":
+        return tf_slim_eval(np.asarray(image), size, crop)
+    return timm_eval(image, size, crop)

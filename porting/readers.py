@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from porting.archives import is_archive, unpacked
+from porting.archives import DEFAULT_MAX_BYTES, is_archive, unpacked
 from porting.errors import PortError
 from porting.keras_h5 import KerasReader, is_keras_h5
 from porting.native_reader import NativeReader
@@ -55,11 +55,13 @@ def open_reader(path, reader: str = "native", arch: str | None = None) -> Checkp
 
 
 @contextlib.contextmanager
-def open_source(src, reader: str = "native", arch: str | None = None) -> Iterator[OpenedSource]:
+def open_source(src, reader: str = "native", arch: str | None = None,
+                max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[OpenedSource]:
     """A reader for ``src``, valid inside the ``with`` block; PortError naming the file if
-    ``src`` is none of the accepted sources."""
+    ``src`` is none of the accepted sources. An archive may unpack to ``max_unpacked_bytes``."""
     archive = Path(src) if is_archive(src) else None
-    with (unpacked(archive) if archive else contextlib.nullcontext(src)) as path:
+    with (unpacked(archive, max_unpacked_bytes) if archive
+          else contextlib.nullcontext(src)) as path:
         opened = open_reader(path, reader, arch)
         try:
             yield OpenedSource(str(src), opened, archive)

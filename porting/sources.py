@@ -7,7 +7,9 @@ when saved sharded; they are recognised by the table's magic number.
 """
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass
 from glob import escape as glob_escape
 from pathlib import Path
@@ -31,33 +33,76 @@ class CheckpointSource:
         return str(self.prefix)
 
 
+def _is_regular(path: Path) -> bool:
+    """Whether ``path`` (after symlinks) is a regular file; False if it does not exist. Only
+    ``os.stat``: opening a FIFO blocks until a writer comes, and a device may never end."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _exists(path: Path) -> bool:
+    """Whether anything (file, folder, FIFO, device, dangling link) is at ``path``."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def require_regular(paths) -> None:
+    """PortError naming the first of ``paths`` that is not a regular file (checked with
+    ``os.stat`` before anything opens them: a FIFO or device would hang a reader)."""
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as err:
+            raise PortError(f"{path}: cannot read: {err.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise PortError(f"{path}: not a regular file ({_kind(mode)}); a checkpoint file must be one")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a plain file"
+
+
 def _v2_source(prefix: Path) -> CheckpointSource:
     index = Path(f"{prefix}.index")
+    require_regular([index])
     shards = sorted(prefix.parent.glob(f"{glob_escape(prefix.name)}.data-*-of-*"))
     shards = [s for s in shards if _DATA_RE.search(s.name)]
     if not shards:
         raise PortError(f"{index}: checkpoint has no data file ({prefix.name}.data-*-of-*)")
+    require_regular(shards)
     return CheckpointSource(prefix, V2, (index, *shards))
 
 
 def _v1_shards(prefix: Path) -> list[Path]:
     """The files of a V1 checkpoint saved sharded, ``prefix-0000i-of-0000N``."""
     shards = sorted(prefix.parent.glob(f"{glob_escape(prefix.name)}-?????-of-?????"))
-    return [s for s in shards if _V1_SHARD_RE.search(s.name) and has_table_magic(s)]
+    shards = [s for s in shards if _V1_SHARD_RE.search(s.name)]
+    require_regular(shards)  # before has_table_magic opens them
+    return [s for s in shards if has_table_magic(s)]
 
 
 def _v1_source(path: Path) -> CheckpointSource:
     """A V1 checkpoint from one of its files or the prefix of its shards."""
-    if (match := _V1_SHARD_RE.search(path.name)) and path.is_file():
+    if (match := _V1_SHARD_RE.search(path.name)) and _is_regular(path):
         prefix = path.with_name(path.name[: match.start()])
         return CheckpointSource(prefix, V1, tuple(_v1_shards(prefix)))
-    if path.is_file():
+    if _is_regular(path):
         return CheckpointSource(path, V1, (path,))
     return CheckpointSource(path, V1, tuple(_v1_shards(path)))
 
 
 def _is_v1_file(path: Path) -> bool:
-    return path.is_file() and not _SUFFIX_RE.search(path.name) and has_table_magic(path)
+    return _is_regular(path) and not _SUFFIX_RE.search(path.name) and has_table_magic(path)
 
 
 def _checkpoints_in(folder: Path) -> list[CheckpointSource]:
@@ -68,8 +113,18 @@ def _checkpoints_in(folder: Path) -> list[CheckpointSource]:
 
 
 def resolve_source(src: str | Path) -> CheckpointSource:
-    """Find the checkpoint a user means by ``src``; raise PortError naming the path if none."""
-    path = Path(src)
+    """Find the checkpoint a user means by ``src``; raise PortError naming the path if none.
+
+    Every file of the result is a regular file (FIFOs and devices are refused before anything
+    opens them); a path that cannot be looked at (a folder that cannot be listed, a name too
+    long) is a PortError too, never an OSError."""
+    try:
+        return _resolve(Path(src))
+    except OSError as err:
+        raise PortError(f"{err.filename or src}: cannot read: {err.strerror or err}") from None
+
+
+def _resolve(path: Path) -> CheckpointSource:
     if path.is_dir():
         found = _checkpoints_in(path)
         if len(found) != 1:
@@ -79,11 +134,13 @@ def resolve_source(src: str | Path) -> CheckpointSource:
             raise PortError(f"{path}: folder holds {what}")
         return found[0]
     prefix = Path(_SUFFIX_RE.sub("", str(path)))
-    if Path(f"{prefix}.index").is_file():
+    if _exists(Path(f"{prefix}.index")):  # a FIFO or device there is refused, not skipped
         return _v2_source(prefix)
-    if _is_v1_file(path) or (not path.exists() and _v1_shards(path)):
+    if _exists(path) and not _is_regular(path):  # not a folder (above): a FIFO, a device...
+        require_regular([path])
+    if _is_v1_file(path) or (not _exists(path) and _v1_shards(path)):
         return _v1_source(path)
-    if path.exists():
+    if _exists(path):
         raise PortError(f"{path}: not a TensorFlow checkpoint (no {prefix.name}.index beside it, "
                         "and not a V1 checkpoint file)")
     raise PortError(f"{path}: no such checkpoint (looked for {prefix}.index)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import stat
 from pathlib import Path
 
 import cramjam
@@ -155,22 +156,42 @@ def repeated_fixed(values: list, dtype: np.dtype) -> np.ndarray:
 
 # --- the table --------------------------------------------------------------------------------
 
-def has_table_magic(path: Path) -> bool:
-    """Whether ``path`` is a file that ends like an SSTable (cheap: reads 8 bytes)."""
+def open_regular(path: Path):
+    """``path`` opened for binary reading if it is a regular file; FormatError if it is not.
+
+    Checked with ``os.stat`` before the open, and again on the open descriptor (opened
+    non-blocking, so a FIFO swapped in between cannot hang us): reading a FIFO or a device
+    would block or never end."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise FormatError("not a regular file", Path(path))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     try:
-        with open(path, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FormatError("not a regular file", Path(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def has_table_magic(path: Path) -> bool:
+    """Whether ``path`` is a regular file that ends like an SSTable (cheap: reads 8 bytes)."""
+    try:
+        with open_regular(path) as f:
             size = f.seek(0, os.SEEK_END)
             if size < FOOTER_SIZE:
                 return False
             f.seek(size - len(TABLE_MAGIC))
             return f.read(len(TABLE_MAGIC)) == TABLE_MAGIC
-    except OSError:
+    except (OSError, FormatError):
         return False
 
 
 def read_exact(path: Path, offset: int, size: int, what: str) -> bytearray:
-    """``size`` bytes at ``offset`` of ``path`` into a fresh writable buffer."""
-    with open(path, "rb") as f:
+    """``size`` bytes at ``offset`` of ``path`` (a regular file) into a fresh writable buffer."""
+    with open_regular(path) as f:
         available = max(0, f.seek(0, os.SEEK_END) - offset)
         if size > available:  # checked first: a corrupt size must not allocate gigabytes
             raise FormatError(f"{what} truncated: wanted {size} bytes at offset {offset}, "
@@ -197,11 +218,13 @@ def parse_block(contents) -> list[tuple[bytes, memoryview]]:
     if restarts > (len(contents) - 4) // 4:
         raise FormatError(f"block claims {restarts} restart points, more than fit")
     end = len(contents) - 4 - 4 * restarts
-    restart_offsets = set(np.frombuffer(contents[end:-4], "<u4").tolist())
+    restart_list = np.frombuffer(contents[end:-4], "<u4").tolist()
+    restart_offsets = set(restart_list)
 
-    entries, key, pos = [], b"", 0
+    entries, key, pos, starts = [], b"", 0, set()
     while pos < end:
         at = pos
+        starts.add(at)
         shared, pos = read_varint(contents, pos, end)
         unshared, pos = read_varint(contents, pos, end)
         value_len, pos = read_varint(contents, pos, end)
@@ -213,8 +236,15 @@ def parse_block(contents) -> list[tuple[bytes, memoryview]]:
         pos += unshared
         entries.append((key, contents[pos:pos + value_len]))
         pos += value_len
-    if any(offset >= max(end, 1) for offset in restart_offsets):
+    # TensorFlow's reader seeks by binary search over the restart points and starts a scan at
+    # the first one: each must be an entry's start, in order, the first at 0, or it would see
+    # other entries than a scan from the start does (none at all when there is no restart).
+    if not restart_offsets <= (starts or {0}):  # an empty block's writer still puts one at 0
         raise FormatError("block restart point outside its entries")
+    if any(a >= b for a, b in zip(restart_list, restart_list[1:])):
+        raise FormatError("block restart points out of order")
+    if entries and restart_list[:1] != [0]:
+        raise FormatError("block has entries before its first restart point")
     return entries
 
 
@@ -224,9 +254,12 @@ class Table:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            self.file_size = self.path.stat().st_size
+            info = self.path.stat()
         except OSError as err:
             raise FormatError(f"cannot read: {err.strerror}") from err
+        if not stat.S_ISREG(info.st_mode):
+            raise FormatError("not a regular file")
+        self.file_size = info.st_size
         if self.file_size < FOOTER_SIZE:
             raise FormatError(f"not an SSTable: {self.file_size} bytes, shorter than a table footer")
         footer = read_exact(self.path, self.file_size - FOOTER_SIZE, FOOTER_SIZE, "footer")
@@ -271,7 +304,8 @@ class Table:
         if self._cached is None or self._cached[0] != handle:
             entries = self._block(handle, "data block")
             keys = [key for key, _ in entries]
-            if keys != sorted(keys) or (keys and keys[-1] > self._separators[i]):
+            if any(a >= b for a, b in zip(keys, keys[1:])) or (
+                    keys and keys[-1] > self._separators[i]):
                 raise FormatError(f"data block at offset {handle[0]}: keys out of order")
             self._cached = (handle, entries)
         return self._cached[1]

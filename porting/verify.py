@@ -25,6 +25,7 @@ import torch
 
 from models.spec import Architecture, architecture_of_model, get_architecture
 from porting.errors import PortError
+from porting.files import check_target, is_stream
 from porting.goldens import GoldenRecorder, Goldens, Reference, SourceInfo
 from porting.gradients import FLOAT32_RELATIVE_TOLERANCE, GradientParity, gradient_parity
 from porting.parity import (FLOAT64_RELATIVE_TOLERANCE, MAP_RELATIVE_TOLERANCE,
@@ -138,7 +139,7 @@ def _finite_or_null(value):
 
 def compare_end_points(model: torch.nn.Module, images: np.ndarray, reference: Reference, *,
                        first_class: int = 0, float64: bool = False, batch_size: int = 2,
-                       progress=None) -> dict[str, Parity]:
+                       progress=None, reference_name: str = "reference") -> dict[str, Parity]:
     """Parity of every end point both sides have, batch by batch (memory stays small).
 
     ``first_class=1`` compares 1000-class outputs with TF's logits[:, 1:] (background dropped).
@@ -153,6 +154,9 @@ def compare_end_points(model: torch.nn.Module, images: np.ndarray, reference: Re
             if name in ours and name in expected:
                 scores = name in spec.logits_end_points
                 ref = expected[name][:, first_class:] if scores else expected[name]
+                if ours[name].shape != ref.shape:  # goldens of another model, or damaged
+                    raise PortError(f"{reference_name}: end point {name} has shape "
+                                    f"{list(ref.shape)}, the weights give {list(ours[name].shape)}")
                 parity = compare(ours[name], ref, relative_tolerance(spec, name, float64), scores)
                 results[name] = results[name].merge(parity) if name in results else parity
         if progress is not None:
@@ -194,6 +198,21 @@ class VerifyRequest:
     arch: str | None = None           # force the checkpoint's architecture
     batch_size: int = 2
 
+    def inputs(self) -> tuple[Path, ...]:
+        """The files this request reads, which no output of it may replace: the weights and
+        their sidecars (verify updates those in place, not through another option), the
+        goldens, the checkpoint and its files."""
+        from porting.manifest import sidecar
+        from porting.sources import resolve_source
+
+        files = [] if self.weights is None else [
+            self.weights, sidecar(self.weights, ".json"), sidecar(self.weights, ".md")]
+        files += [path for path in (self.goldens, self.src) if path is not None]
+        if self.src is not None:
+            with contextlib.suppress(PortError):  # an archive or a bad path: itself only
+                files += resolve_source(self.src).files
+        return tuple(files)
+
     def check(self) -> None:
         """UsageProblem if the options contradict each other or ask for nothing."""
         if (self.src is None) == (self.goldens is None):
@@ -220,7 +239,10 @@ def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.Exi
         raise PortError(f"{request.src}: verify runs the TF reference on a TensorFlow "
                         "checkpoint; Keras weights have no TF-Slim graph to run")
     spec = architecture_of(opened.reader, PortOptions(arch=request.arch))
-    tf_model = spec.oracle_module().Reference.for_checkpoint(source.prefix, ema=request.ema,
+    from porting.tf_reader import tf_readable_prefix
+
+    prefix = stack.enter_context(tf_readable_prefix(source))  # TF globs its prefix
+    tf_model = spec.oracle_module().Reference.for_checkpoint(prefix, ema=request.ema,
                                                              dtype=dtype)
     stack.callback(tf_model.close)
     info = SourceInfo(str(source.prefix), {f.name: sha256_file(f) for f in source.files},
@@ -233,6 +255,11 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
     from porting.photos import load_photos
 
     request.check()
+    if request.record_goldens is not None:  # before any work: refused targets fail fast
+        if is_stream(request.record_goldens):
+            raise PortError(f"{request.record_goldens}: golden files are HDF5 and cannot be "
+                            "streamed; give a file name")
+        check_target(request.record_goldens, request.inputs())
     dtype = "float64" if request.float64 else "float32"
     model = None
     if request.weights is not None:
@@ -283,7 +310,8 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
             step = None if progress is None else functools.partial(progress, "end points")
             report.end_points = compare_end_points(
                 model, images, reference, first_class=first_class, float64=request.float64,
-                batch_size=request.batch_size, progress=step)
+                batch_size=request.batch_size, progress=step,
+                reference_name=str(request.goldens or request.src))
             if request.gradients:
                 if request.label is not None and not 0 <= request.label < model.num_classes:
                     raise PortError(f"--label {request.label}: {request.weights} has classes "
@@ -316,8 +344,8 @@ def record_manifest_parity(weights: Path, report: Report) -> tuple[Path | None, 
     Returns (manifest updated, None), or (None, why a file there was left alone), or
     (None, None) when there is no manifest. A manifest that describes another file (the
     weights were replaced or edited after porting) is left alone."""
-    from porting.files import sha256_file, write_text
-    from porting.manifest import model_card, record_parity, sidecar
+    from porting.files import sha256_file
+    from porting.manifest import record_parity, sidecar
 
     path = sidecar(weights, ".json")
     if not path.is_file():
@@ -328,9 +356,10 @@ def record_manifest_parity(weights: Path, report: Report) -> tuple[Path | None, 
         return None, f"{path} is not a readable manifest ({type(err).__name__})"
     if described != sha256_file(weights):
         return None, f"{path} describes another file (sha256 {str(described)[:12]}...)"
-    manifest = record_parity(path, report.end_points["Logits"],
-                             f"{report.reference} ({report.dtype})")
     card = sidecar(weights, ".md")
-    if card.is_file():
-        write_text(card, model_card(manifest))
+    try:
+        record_parity(path, report.end_points["Logits"], f"{report.reference} ({report.dtype})",
+                      card if card.is_file() else None)
+    except PortError as err:  # e.g. read-only: the report stands, the manifest is unchanged
+        return None, str(err)
     return path, None

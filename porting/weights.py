@@ -1,6 +1,7 @@
 """A ported weights file back into its model, with one clear error line for a bad file."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,10 +22,12 @@ def load_ported(path: str | Path) -> nn.Module:
 
     path = Path(path)
     try:
-        if path.suffix == ".safetensors":
-            state_dict = load_file(path)
-        else:
-            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the one error line below says what went wrong
+            warnings.simplefilter("ignore")
+            if path.suffix == ".safetensors":
+                state_dict = load_file(path)
+            else:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise PortError(f"{path}: no such weights file") from err
     except Exception as err:  # torch and safetensors raise many kinds for a damaged file

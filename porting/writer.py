@@ -2,7 +2,8 @@
 
 The file is serialised into a temporary file beside its destination (``porting.pth`` writes
 torch.save's format without importing torch, its zip archive always named "archive"), hashed
-as the bytes pass, and only then renamed to its final, hashed name.
+as the bytes pass, and staged under its final, hashed name in the command's ``Outputs``
+(``porting.files``), which renames it into place with its manifest and card.
 
 ``safetensors`` files are written by a small writer of the documented layout (8-byte
 little-endian header length, JSON header, tensor bytes back to back) with a fixed key order,
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from porting.errors import PortError
-from porting.files import cannot_write, commit, sha256_file, staged
+from porting.files import Outputs, cannot_write, sha256_file
 from porting.pth import raw_bytes, save_state_dict
 
 
@@ -28,6 +29,7 @@ class Written:
     path: Path
     sha256: str
     unchanged: bool  # an identical file was already there
+    size: int        # bytes
 
 
 FORMATS = {"pth": ".pth", "safetensors": ".safetensors"}
@@ -65,45 +67,51 @@ class _HashingWriter:
     def __init__(self, file):
         self._file = file
         self.digest = hashlib.sha256()
+        self.size = 0
 
     def write(self, data) -> int:
         self.digest.update(data)
+        self.size += memoryview(data).nbytes
         return self._file.write(data)
 
     def flush(self) -> None:
         self._file.flush()
 
 
-def write_hashed(state_dict, dst: str | Path, force: bool = False, fmt: str | None = None,
-                 metadata: dict[str, str] | None = None) -> Written:
-    """Serialise ``state_dict`` (name -> numpy array) as the hashed sibling of ``dst``.
+def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = False,
+                 fmt: str | None = None, metadata: dict[str, str] | None = None) -> Written:
+    """Stage ``state_dict`` (name -> numpy array) in ``outputs`` as the hashed sibling of ``dst``.
 
     ``fmt`` (default: see ``output_format``) "safetensors" writes
     ``NAME-<sha256[:8]>.safetensors`` with ``metadata`` in its header; "pth" has no place for
     metadata. Either is streamed straight into the temporary file and hashed on the way: no
-    second copy of the weights in memory.
+    second copy of the weights in memory. An identical file already there is left as it is;
+    one with other contents is replaced only with ``force``.
     """
     dst, fmt = Path(dst), output_format(dst, fmt)
+    if dst.name in ("", ".", ".."):
+        raise PortError(f"{str(dst)!r}: --dst needs a file name")
     if dst.suffix not in ("", *FORMATS.values()):  # a .json or .md name would meet its sidecar
         raise PortError(f"{dst}: output name must end in {FORMATS[fmt]}")
     dst = dst.with_suffix(FORMATS[fmt])
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with staged(dst) as (f, tmp):
-            hashing = _HashingWriter(f)
-            if fmt == "safetensors":
-                save_safetensors(state_dict, metadata or {}, hashing)
-            else:
-                save_state_dict(state_dict, hashing)
-            sha256 = hashing.digest.hexdigest()
-            final = hashed_path(dst, sha256)
-            if final.exists():
-                if final.is_file() and sha256_file(final) == sha256:
-                    return Written(final, sha256, unchanged=True)
-                if not force:
-                    raise PortError(f"{final}: exists with different contents; "
-                                    "pass --force to replace it")
-            commit(f, tmp, final)
     except OSError as err:
         raise cannot_write(dst, err) from err
-    return Written(final, sha256, unchanged=False)
+    with outputs.stream_into(dst) as staged:
+        hashing = _HashingWriter(staged.file)
+        if fmt == "safetensors":
+            save_safetensors(state_dict, metadata or {}, hashing)
+        else:
+            save_state_dict(state_dict, hashing)
+        sha256, size = hashing.digest.hexdigest(), hashing.size
+    final = hashed_path(dst, sha256)
+    outputs.check(final)
+    staged.path = final
+    if final.exists():
+        if sha256_file(final) == sha256:
+            outputs.drop(final)
+            return Written(final, sha256, unchanged=True, size=size)
+        if not force:
+            raise PortError(f"{final}: exists with different contents; pass --force to replace it")
+    return Written(final, sha256, unchanged=False, size=size)

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import json
 import re
 import threading
+import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from porting import download as download_module
 from porting import registry
 from porting.cli import main
 
@@ -20,11 +25,20 @@ ARCHIVE = "adv_inception_v3_2017_08_18.tar.gz"  # the registry's file name for a
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files``; honours ``Range: bytes=N-``; cuts a body short once if asked."""
+    """Serves ``server.files``; honours ``Range: bytes=N-`` (and ``If-Range`` against the path's
+    ``ETag``/``Last-Modified`` unless told to ignore it); cuts a body short once, or always, if
+    asked; leaves out or garbles ``Content-Length``; redirects."""
 
     def do_GET(self):
         server = self.server
         server.requests.append((self.path, self.headers.get("Range")))
+        server.if_range.append(self.headers.get("If-Range"))
+        if self.path in server.redirects:
+            self.send_response(302)
+            self.send_header("Location", server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path in server.garbage_once:  # not HTTP at all: http.client's BadStatusLine
             server.garbage_once.discard(self.path)
             self.wfile.write(b"garbage\r\n\r\n")
@@ -34,17 +48,25 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
+        validators = server.validators.get(self.path, {})
+        if_range = self.headers.get("If-Range")
         start = 0
-        if self.headers.get("Range"):
+        if self.headers.get("Range") and (if_range is None or server.ignore_if_range
+                                          or if_range in validators.values()):
             start = int(re.fullmatch(r"bytes=(\d+)-", self.headers["Range"]).group(1))
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         else:
             self.send_response(200)
-        self.send_header("Content-Length", str(len(body) - start))
+        for header, value in validators.items():
+            self.send_header(header, value)
+        if self.path in server.bad_length:
+            self.send_header("Content-Length", "12 MiB")
+        elif self.path not in server.no_length:
+            self.send_header("Content-Length", str(len(body) - start))
         self.end_headers()
-        if self.path in server.cut_once:  # promise the whole body, send half, hang up
-            server.cut_once.discard(self.path)
+        if self.path in server.cut_once or self.path in server.cut_always:
+            server.cut_once.discard(self.path)  # promise the whole body, send half, hang up
             self.wfile.write(body[start:start + (len(body) - start) // 2])
             return
         self.wfile.write(body[start:])
@@ -57,13 +79,35 @@ class _Handler(BaseHTTPRequestHandler):
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files = {f"/{ARCHIVE}": PAYLOAD}
-    httpd.requests, httpd.cut_once, httpd.garbage_once = [], set(), set()
+    httpd.requests, httpd.if_range = [], []
+    httpd.cut_once, httpd.cut_always, httpd.garbage_once = set(), set(), set()
+    httpd.no_length, httpd.bad_length = set(), set()
+    httpd.validators, httpd.redirects, httpd.ignore_if_range = {}, {}, False
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/{ARCHIVE}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def lock_in_tmp(tmp_path_factory, monkeypatch):
+    """The lock file (and the default download folder) of every test is its own, never the
+    checkout's checkpoints/."""
+    folder = tmp_path_factory.mktemp("downloads") / "checkpoints"
+    monkeypatch.setattr(registry, "download_dir", lambda: folder, raising=False)
+    return folder / "releases.lock"
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    """No backoff between retries, and a clock that moves a second per look, so that the
+    progress line is drawn at every chance (an error must still start a line of its own)."""
+    clock = itertools.count()
+    monkeypatch.setattr(download_module, "time",
+                        types.SimpleNamespace(sleep=lambda seconds: None,
+                                              monotonic=lambda: float(next(clock))))
 
 
 def fetch(*args):
@@ -87,7 +131,8 @@ def test_registry_lists_the_family_with_its_official_urls():
     for name, release in releases.items():
         assert release.num_classes == 1001 and release.aux_logits
         assert release.url.endswith("/" + release.archive)
-        assert release.sha256 is None and "not verified" in release.sha256_note  # none pinned yet
+        # pinned or not: a digest is 64 hex digits or null (local pins go to releases.lock)
+        assert release.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", release.sha256)
         if release.format == "V2":
             assert sorted(release.members) == [f"{name}.ckpt.{s}" for s in
                                                ("data-00000-of-00001", "index", "meta")]
@@ -176,3 +221,184 @@ def test_unknown_release_and_bad_digest_are_refused(tmp_path):
     assert result.exit_code == 1 and "no release named 'no_such_model'" in result.stderr
     result = fetch("--dest", str(tmp_path), "--url", "http://127.0.0.1:9/x", "--sha256", "xyz")
     assert result.exit_code == 1 and "expected 64 hex digits" in result.stderr
+
+
+# --- no digest pinned: what a download can and cannot vouch for -------------------------------
+
+OLD_PAYLOAD = np.random.default_rng(6).bytes(len(PAYLOAD))  # the upstream file before it changed
+
+
+def _error_line(stderr: str) -> str:
+    """The error, which must be a line of its own (never glued to the progress line)."""
+    lines = stderr.split("\n")
+    assert lines[-1] == "" and lines[-2].startswith("error: "), repr(stderr[-300:])
+    assert "\r" not in lines[-2]
+    return lines[-2]
+
+
+@pytest.mark.parametrize("validator", [{"ETag": '"v1"'},
+                                       {"Last-Modified": "Wed, 01 Jan 2020 00:00:00 GMT"}])
+def test_part_of_a_file_that_changed_upstream_is_not_spliced(server, tmp_path, no_sleep,
+                                                             validator):
+    path = f"/{ARCHIVE}"
+    server.files[path], server.validators[path] = OLD_PAYLOAD, validator
+    server.cut_always.add(path)
+    first = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert first.exit_code == 1 and (tmp_path / f"{ARCHIVE}.part").exists()
+    assert set(server.if_range[1:]) == set(validator.values())  # every resume asks If-Range
+
+    # upstream replaced the file; the server honours If-Range: 200 with the whole new file
+    server.files[path] = PAYLOAD
+    server.validators[path] = ({"ETag": '"v2"'} if "ETag" in validator
+                               else {"Last-Modified": "Thu, 02 Jan 2020 00:00:00 GMT"})
+    server.cut_always.clear()
+    server.requests.clear()
+    second = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert second.exit_code == 0, second.output
+    assert (tmp_path / ARCHIVE).read_bytes() == PAYLOAD
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ARCHIVE]
+
+
+def test_a_206_with_another_etag_is_not_spliced(server, tmp_path, monkeypatch):
+    """A server that ignores If-Range but names the new version: the answer is not appended."""
+    path = f"/{ARCHIVE}"
+    server.files[path], server.validators[path] = OLD_PAYLOAD, {"ETag": '"v1"'}
+    server.cut_once.add(path)
+    server.ignore_if_range = True
+    server.requests.clear()
+
+    def swap_after_first_request(*_):  # the retry's delay: upstream changes meanwhile
+        server.files[path], server.validators[path] = PAYLOAD, {"ETag": '"v2"'}
+    monkeypatch.setattr(time, "sleep", swap_after_first_request)
+    result = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / ARCHIVE).read_bytes() == PAYLOAD
+
+
+def test_leftover_part_without_validator_or_digest_starts_again(server, tmp_path):
+    """Nothing says the .part is a prefix of today's file: no digest to catch a splice, so the
+    download starts from zero instead of resuming."""
+    (tmp_path / f"{ARCHIVE}.part").write_bytes(OLD_PAYLOAD[:2**20])
+    result = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert result.exit_code == 0, result.output
+    assert server.requests == [(f"/{ARCHIVE}", None)]
+    assert (tmp_path / ARCHIVE).read_bytes() == PAYLOAD
+
+
+def test_a_resume_sends_the_validator_the_server_gave(server, tmp_path, no_sleep):
+    path = f"/{ARCHIVE}"
+    server.validators[path] = {"ETag": '"abc"', "Last-Modified": "Wed, 01 Jan 2020 00:00:00 GMT"}
+    server.cut_once.add(path)
+    result = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert result.exit_code == 0, result.output
+    assert server.requests == [(path, None), (path, f"bytes={len(PAYLOAD) // 2}-")]
+    assert server.if_range == [None, '"abc"']  # the ETag when there is one
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ARCHIVE]  # no sidecar left
+
+
+@pytest.mark.parametrize("etag", ['"v1"', None])
+def test_body_shorter_than_its_length_fails_after_retries_on_its_own_line(server, tmp_path,
+                                                                          no_sleep, etag):
+    path = f"/{ARCHIVE}"
+    server.cut_always.add(path)
+    server.validators[path] = {"ETag": etag} if etag else {}
+    result = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert result.exit_code == 1
+    line = _error_line(result.stderr)
+    assert "download failed after 5 attempts" in line and "transfer cut" in line
+    assert not (tmp_path / ARCHIVE).exists()
+    if etag:  # the next run can resume: the .part and what vouches for it are kept
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"{ARCHIVE}.part",
+                                                              f"{ARCHIVE}.part.validator"]
+        assert "rerun to resume" in line
+    else:  # nothing could vouch for a .part on the next run: it would start from zero anyway
+        assert list(tmp_path.iterdir()) == [] and "nothing was kept" in line
+        assert server.requests == [(path, None)] * 5  # no resume without a validator
+
+
+def test_truncated_body_without_length_is_kept_but_marked_unverified(server, tmp_path):
+    server.no_length.add(f"/{ARCHIVE}")
+    server.cut_once.add(f"/{ARCHIVE}")
+    result = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / ARCHIVE).stat().st_size == len(PAYLOAD) // 2  # undetectable: kept...
+    assert "NOT verified" in result.stdout  # ...and said to be so
+    assert "sent no length" in result.stdout and "cut short" in result.stdout
+
+
+def test_truncated_body_without_length_fails_a_pinned_digest(server, tmp_path):
+    server.no_length.add(f"/{ARCHIVE}")
+    server.cut_once.add(f"/{ARCHIVE}")
+    result = fetch("--dest", str(tmp_path), "--url", server.url, "--sha256", DIGEST)
+    assert result.exit_code == 1 and "sha256 mismatch" in _error_line(result.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_whole_body_without_length_is_not_warned_about_when_pinned(server, tmp_path):
+    server.no_length.add(f"/{ARCHIVE}")
+    result = fetch("--dest", str(tmp_path), "--url", server.url, "--sha256", DIGEST)
+    assert result.exit_code == 0 and f"{DIGEST} (verified)" in result.stdout
+    assert "no length" not in result.stdout
+
+
+def test_non_numeric_content_length_is_one_line(server, tmp_path):
+    server.bad_length.add(f"/{ARCHIVE}")
+    result = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert result.exit_code == 1, result.output
+    line = _error_line(result.stderr)
+    assert len(result.stderr.splitlines()) == 1
+    assert "Content-Length '12 MiB'" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redirect_loop_is_one_line(server, tmp_path):
+    base = server.url.rsplit("/", 1)[0]
+    server.redirects["/loop"] = "/loop"
+    result = fetch("--dest", str(tmp_path), "--url", f"{base}/loop")
+    assert result.exit_code == 1, result.output
+    assert len(result.stderr.splitlines()) == 1 and "redirect" in _error_line(result.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- trust on first use: fetch --pin and checkpoints/releases.lock ---------------------------
+
+def test_pin_records_the_digest_that_later_fetches_check(server, tmp_path, lock_in_tmp):
+    result = fetch("--dest", str(tmp_path), "--url", server.url, "--pin")
+    assert result.exit_code == 0, result.output
+    assert json.loads(lock_in_tmp.read_text()) == {
+        "adv_inception_v3": {"archive": ARCHIVE, "sha256": DIGEST, "url": server.url}}
+    assert registry.pinned_sha256("adv_inception_v3") == DIGEST
+    assert "pinned" in result.stdout and str(lock_in_tmp) in result.stdout
+
+    again = fetch("--dest", str(tmp_path), "--url", server.url)  # already there: checked
+    assert again.exit_code == 0 and f"{DIGEST} (verified)" in again.stdout
+
+    (tmp_path / ARCHIVE).unlink()
+    server.files[f"/{ARCHIVE}"] = OLD_PAYLOAD  # upstream (or a mirror) now serves other bytes
+    changed = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert changed.exit_code == 1
+    line = _error_line(changed.stderr)
+    assert "sha256 mismatch" in line and "nothing was kept" in line and str(lock_in_tmp) in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pinned_sha256_prefers_the_registry_and_ignores_another_archives_pin(lock_in_tmp,
+                                                                             monkeypatch):
+    lock_in_tmp.parent.mkdir(parents=True)
+    lock_in_tmp.write_text(json.dumps({
+        "adv_inception_v3": {"archive": ARCHIVE, "sha256": DIGEST, "url": "x"},
+        "inception_v3": {"archive": "inception_v3_OTHER.tar.gz", "sha256": DIGEST, "url": "x"}}))
+    assert registry.pinned_sha256("adv_inception_v3") == DIGEST
+    assert registry.pinned_sha256("inception_v3") is None  # a pin of some other file
+    assert registry.pinned_sha256("ens3_adv_inception_v3") is None
+    release = dataclasses.replace(registry.get_release("adv_inception_v3"), sha256="e" * 64)
+    monkeypatch.setattr(registry, "load_registry", lambda: {"adv_inception_v3": release})
+    assert registry.pinned_sha256("adv_inception_v3") == "e" * 64
+
+
+def test_unreadable_lock_is_one_line(server, tmp_path, lock_in_tmp):
+    lock_in_tmp.parent.mkdir(parents=True)
+    lock_in_tmp.write_text("{not json")
+    result = fetch("--dest", str(tmp_path), "--url", server.url)
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
+    assert f"{lock_in_tmp}: unreadable" in result.stderr

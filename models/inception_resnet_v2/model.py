@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import BasicConv2d, inception_stem, max_pool_3x3_s2, tf_same_avg_pool
+from models.layers import (BasicConv2d, aux_logits, conv_bn_factory, inception_stem,
+                           max_pool_3x3_s2, tf_same_avg_pool)
 
 class Mixed5b(nn.Module):
     """35x35x192 -> 35x35x320: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool 3x3/1 SAME-1x1."""
@@ -167,8 +168,7 @@ class AuxHead(nn.Module):
         self.classif = nn.Linear(768, num_classes, device=device)
 
     def forward(self, x):
-        x = self.conv2d_2a(self.conv2d_1b(F.avg_pool2d(x, 5, stride=3)))
-        return self.classif(x.mean((2, 3)))
+        return aux_logits(x, self.conv2d_1b, self.conv2d_2a, self.classif)
 
 
 class InceptionResNetV2(nn.Module):
@@ -187,8 +187,7 @@ class InceptionResNetV2(nn.Module):
         self.num_classes = num_classes
         self.fold_bn = fold_bn
 
-        def conv(*args, **kwargs):
-            return BasicConv2d(*args, fold_bn=fold_bn, device=device, **kwargs)
+        conv = conv_bn_factory(fold_bn, device)
 
         self.conv2d_1a = conv(3, 32, 3, stride=2)
         self.conv2d_2a = conv(32, 32, 3)

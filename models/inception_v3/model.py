@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import BasicConv2d, inception_stem, tf_same_avg_pool
+from models.layers import (BasicConv2d, aux_logits, conv_bn_factory, inception_stem,
+                           tf_same_avg_pool)
 
 class InceptionA(nn.Module):
     """35x35 block (Mixed_5b..5d): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1."""
@@ -159,8 +160,7 @@ class InceptionAux(nn.Module):
         self.fc = nn.Linear(768, num_classes, device=device)
 
     def forward(self, x):
-        x = self.conv1(self.conv0(F.avg_pool2d(x, 5, stride=3)))
-        return self.fc(x.mean((2, 3)))
+        return aux_logits(x, self.conv0, self.conv1, self.fc)
 
 
 class InceptionV3(nn.Module):
@@ -179,8 +179,7 @@ class InceptionV3(nn.Module):
         self.num_classes = num_classes
         self.fold_bn = fold_bn
 
-        def conv(*args, **kwargs):
-            return BasicConv2d(*args, fold_bn=fold_bn, device=device, **kwargs)
+        conv = conv_bn_factory(fold_bn, device)
 
         self.Conv2d_1a_3x3 = conv(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = conv(32, 32, 3)
