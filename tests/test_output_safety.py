@@ -112,6 +112,16 @@ def test_json_report_streams_to_a_character_device(monkeypatch, tmp_path):
     assert json.loads(out) == {"streamed": True} and fifo.is_fifo()
 
 
+def test_a_full_device_is_written_through_and_fails_in_one_line():
+    """``--json /dev/full`` (as root) used to replace the device with a file and exit 0."""
+    from porting.errors import PortError
+    from porting.files import write_json
+
+    with pytest.raises(PortError, match="^/dev/full: cannot write: No space left on device$"):
+        write_json(Path("/dev/full"), {"a": 1})
+    assert Path("/dev/full").is_char_device()
+
+
 def test_empty_dst_is_one_line(synthetic_ckpt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     one_line_error(run("--src", synthetic_ckpt, "--dst", ""), 1, "--dst needs a file name")
