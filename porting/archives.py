@@ -26,8 +26,9 @@ naming the archive and the limit:
   forged header cannot make ``tarfile`` buffer gigabytes in memory.
 
 Only what a checkpoint reader needs is written: the ``.meta`` graph (never read by a port) and
-the ``checkpoint`` state file of a training folder are read past, not unpacked (``SKIPPED_*``); everything else (``*.index``, ``*.data-?????-of-?????``, V1 table
-files, and any other file) is unpacked as before.
+the ``checkpoint`` state file of a training folder are read past, not unpacked (``SKIPPED_*``);
+everything else (``*.index``, ``*.data-?????-of-?????``, V1 table files, and any other file) is
+unpacked as before.
 
 The gzip stream is read to its very end, past the tar end-of-archive marker, so that Python's
 ``gzip`` module checks the trailer's CRC32 and length: a damaged archive is refused, not half
