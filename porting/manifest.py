@@ -102,20 +102,21 @@ def stage_sidecar(outputs: Outputs, path: Path, content: dict | str, sha256: str
     sidecar of the same weights is refreshed, the parity ``verify`` recorded in a manifest
     kept; any other file there (edited, or of other weights) is replaced only with ``force``,
     the weights' rule. Returns what was staged."""
-    same_weights = False
-    if path.is_file():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            if isinstance(content, dict):
-                existing = json.loads(path.read_text())
-                same_weights = existing["output"]["sha256"] == sha256
-                if same_weights and existing["parity"]:
-                    content = {**content, "parity": existing["parity"]}
-            else:
-                same_weights = f"sha256 `{sha256}`" in path.read_text()
-    payload = _dump(content) if isinstance(content, dict) else content.encode("utf8")
     outputs.check(path)
-    if path.is_file():
-        if path.read_bytes() == payload:
+    existing = path.read_bytes() if path.is_file() else None
+    same_weights = False
+    if existing is not None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            if isinstance(content, dict):
+                recorded = json.loads(existing)
+                same_weights = recorded["output"]["sha256"] == sha256
+                if same_weights and recorded["parity"]:
+                    content = {**content, "parity": recorded["parity"]}
+            else:
+                same_weights = f"sha256 `{sha256}`".encode() in existing
+    payload = _dump(content) if isinstance(content, dict) else content.encode("utf8")
+    if existing is not None:
+        if existing == payload:
             return content
         if not (force or same_weights):
             raise PortError(f"{path}: exists with different contents; pass --force to replace it")

@@ -232,10 +232,11 @@ def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.Exi
     from porting.convert import PortOptions, architecture_of
     from porting.files import sha256_file
     from porting.readers import open_source
+    from porting.sources import V1, V2
 
     opened = stack.enter_context(open_source(request.src, arch=request.arch))
     source = opened.reader.source
-    if source.format not in ("V1", "V2"):
+    if source.format not in (V1, V2):
         raise PortError(f"{request.src}: verify runs the TF reference on a TensorFlow "
                         "checkpoint; Keras weights have no TF-Slim graph to run")
     spec = architecture_of(opened.reader, PortOptions(arch=request.arch))

@@ -29,11 +29,10 @@ a global mean stands after it, as in timm.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.layers import (BasicConv2d, aux_logits, conv_bn_factory, inception_stem,
-                           tf_same_avg_pool)
+                           max_pool_3x3_s2, tf_same_avg_pool)
 
 class InceptionA(nn.Module):
     """35x35 block (Mixed_5b..5d): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1."""
@@ -72,7 +71,7 @@ class InceptionB(nn.Module):
         return torch.cat([
             self.branch3x3(x),
             self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
+            max_pool_3x3_s2(x),
         ], 1)
 
 
@@ -119,7 +118,7 @@ class InceptionD(nn.Module):
         return torch.cat([
             self.branch3x3_2(self.branch3x3_1(x)),
             self.branch7x7x3_4(self.branch7x7x3_3(b7)),
-            F.max_pool2d(x, 3, stride=2),
+            max_pool_3x3_s2(x),
         ], 1)
 
 
