@@ -1,7 +1,8 @@
 """CPU inference speed: the TF reference vs the ported model, plain and deployed, side by side.
 
-For each architecture (default: all) the TF side is its oracle: TF-Slim's graph for Inception v3,
-Keras's InceptionResNetV2 (TF runtime) for Inception-ResNet-v2. All contenders run in this one
+For each architecture (default: one per models/ folder: Inception v3, Inception-ResNet-v2,
+ResNet-50 v2) the TF side is its oracle: TF-Slim's graph for Inception v3 and the ResNets, Keras's
+InceptionResNetV2 (TF runtime) for Inception-ResNet-v2. All contenders run in this one
 process on the same synthetic checkpoint with 2 threads each,
 taking turns (one round = 3 batch-1 runs + 1 batch-8 run of each), so that load from other
 processes falls on all of them alike. Reports the median batch-1 latency, batch-8 images/s from
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from models import deploy_model, model_for_state_dict
-from models.spec import architectures
+from models.spec import architectures, representatives
 from porting.convert import PortOptions
 from porting.parity import compare
 from porting.photos import load_photos
@@ -64,7 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--arch", nargs="*", choices=list(architectures()),
-                        default=list(architectures()), help="architectures to bench (default: all)")
+                        default=list(representatives()),
+                        help="architectures to bench (default: one per models/ folder)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     for arch in args.arch:
@@ -74,20 +76,20 @@ def main() -> None:
 def bench(spec, rounds: int) -> None:
     oracle = spec.oracle_module()
     print(f"\n=== {spec.title}: {spec.oracle_name} vs the ported model")
-    _, photos = load_photos()
+    _, photos = load_photos(config=spec.eval)
     batch1, batch8 = photos[:1].copy(), photos[:BATCH].copy()
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
         prefix = oracle.build_synthetic_checkpoint(Path(tmp) / f"adv_{spec.name}.ckpt", photos)
         ported = port_checkpoint(prefix, Path(tmp) / f"adv_{spec.name}.pth",
-                                 PortOptions(num_classes=1001)).written.path
+                                 PortOptions(num_classes=spec.eval.num_classes)).written.path
         state_dict = torch.load(ported, weights_only=True)  # as a user loads the file
         print(f"synthetic checkpoint written and ported in {time.perf_counter() - began:.0f} s")
 
         warm_up = [batch1, batch8]
         contenders = {}
         contenders["TF reference"] = start(
-            lambda: tf_runner(oracle.Reference(prefix, 1001, aux=True, threads=THREADS)),
+            lambda: tf_runner(oracle.Reference.for_checkpoint(prefix, threads=THREADS)),
             warm_up)
         contenders["PyTorch plain (eager)"] = start(
             lambda: torch_runner(model_for_state_dict(state_dict)), warm_up)

@@ -1,6 +1,7 @@
 """Whole-process port speed and memory: native reader vs TensorFlow's, on release-sized
-synthetic checkpoints of each architecture (adv_inception_v3: 104 MiB, adv_inception_resnet_v2:
-~226 MiB). Runs alternate (noise hits both alike); medians of wall time and peak RSS.
+synthetic checkpoints, by default one architecture per models/ folder (inception_v3: 104 MiB,
+inception_resnet_v2: ~226 MiB, resnet_v2_50: ~98 MiB). Runs alternate (noise hits both alike);
+medians of wall time and peak RSS.
 
 Targets: native wall <= 0.40 x TF's; native peak RSS <= `import torch` RSS + 1.5 x checkpoint.
 Usage: python bench/port_speed.py [--runs N] [--arch NAME ...] [--checkpoint PREFIX]
@@ -48,16 +49,18 @@ def build_checkpoint(folder: Path, arch: str) -> Path:
     from porting.photos import load_photos
 
     oracle = get_architecture(arch).oracle_module()
-    return oracle.build_synthetic_checkpoint(folder / f"adv_{arch}.ckpt", load_photos()[1])
+    return oracle.build_synthetic_checkpoint(folder / f"adv_{arch}.ckpt",
+                                             load_photos(config=get_architecture(arch).eval)[1])
 
 
 def main() -> None:
-    from models.spec import architectures
+    from models.spec import architectures, representatives
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--arch", nargs="*", choices=list(architectures()),
-                        default=list(architectures()), help="architectures to bench (default: all)")
+                        default=list(representatives()),
+                        help="architectures to bench (default: one per models/ folder)")
     parser.add_argument("--checkpoint", type=Path, help="existing V2 prefix (default: build one)")
     args = parser.parse_args()
     for arch in ([None] if args.checkpoint else args.arch):

@@ -8,8 +8,9 @@ README, "the deploy path").
   into oneDNN's blocked layout. Eager PyTorch reorders conv weights on every call; at batch 1
   that alone cost ~15% of the run time.
 The AuxLogits head is dropped (``forward`` never uses it). Works for every model built from
-``models.layers.BasicConv2d`` (conv + BN + ReLU) and plain convs (Inception-ResNet's up convs,
-which keep their bias and run in channels_last as they are).
+``models.layers.BasicConv2d`` (conv + BN, with or without ReLU), plain convs (Inception-ResNet's
+up convs, ResNet v2's biased convs: they keep their bias and run in channels_last as they are)
+and batch norms of their own (ResNet v2's pre-activations: kept, in channels_last).
 
 Not used: ``torch.compile`` (with weight freezing) measured no faster here, slower at batch 1,
 and costs 45-70 s of compilation and a C++ compiler; TorchScript freezing was slower too.
@@ -26,14 +27,15 @@ from models.loading import model_for_state_dict
 
 
 class ConvReLU(nn.Module):
-    """A folded ``BasicConv2d`` as one oneDNN conv + bias + ReLU primitive.
+    """A folded ``BasicConv2d`` as one oneDNN conv + bias (+ ReLU) primitive.
 
     oneDNN's preferred weight layout depends on the input shape, so the reordered weight is
     cached per shape: one extra copy of the layer's weight for each shape seen.
     """
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, relu: bool = True):
         super().__init__()
+        self.activation = "relu" if relu else "none"
         self.weight = conv.weight.detach()
         self.bias = conv.bias.detach()
         self.args = (conv.padding, conv.stride, conv.dilation, conv.groups)
@@ -45,7 +47,7 @@ class ConvReLU(nn.Module):
             weight = self.packed[x.shape] = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight, *self.args, input_size=list(x.shape))
         return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, self.bias, *self.args, "relu", [], "")
+            x, weight, self.bias, *self.args, self.activation, [], "")
 
 
 def _channels_last_input(module, args):
@@ -74,5 +76,5 @@ def deploy_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, BasicConv2d):
-                setattr(parent, name, ConvReLU(child.conv))
+                setattr(parent, name, ConvReLU(child.conv, child.relu))
     return model

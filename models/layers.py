@@ -2,13 +2,16 @@
 
 Each is the PyTorch side of one layer kind of ``models.spec`` (its TF variables, keys and
 transform are declared there, torch-free):
-- ``BasicConv2d``: ``conv_bn``, TF-Slim's ``conv2d`` with batch norm and ReLU;
+- ``BasicConv2d``: ``conv_bn`` and ``conv_bn_gamma``, TF-Slim's ``conv2d`` with batch norm
+  and ReLU (or without ReLU, where TF-Slim passes ``activation_fn=None``);
+- ``nn.BatchNorm2d``: ``bn``, a batch norm of its own (ResNet v2's ``preact``/``postnorm``);
 - a plain ``nn.Conv2d`` with bias: ``conv_bias`` (e.g. Inception-ResNet's residual "up" convs);
 - ``nn.Linear``: the classifiers (``conv_classifier`` and ``fc_classifier``).
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -18,21 +21,24 @@ from models.folding import BN_EPS, fold_batch_norm
 
 
 class BasicConv2d(nn.Module):
-    """Conv (no bias) -> batch norm -> ReLU: TF-Slim's ``conv2d`` under an Inception arg scope.
+    """Conv (no bias) -> batch norm -> ReLU: TF-Slim's ``conv2d`` with a batch norm
+    (``relu=False``: no activation, TF-Slim's ``activation_fn=None``).
 
-    Folded (``fold_bn=True``): conv with bias -> ReLU, the batch norm merged into the conv.
-    TF-Slim's Inception batch norms have no gamma, so ``bn.weight`` holds ones.
+    Folded (``fold_bn=True``): conv with bias (-> ReLU), the batch norm merged into the conv.
+    TF-Slim's Inception batch norms have no gamma, so there ``bn.weight`` holds ones.
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size, stride=1, padding=0,
-                 fold_bn: bool = False, device=None, eps: float = BN_EPS):
+                 fold_bn: bool = False, device=None, eps: float = BN_EPS, relu: bool = True):
         super().__init__()
+        self.relu = relu
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding,
                               bias=fold_bn, device=device)
         self.bn = nn.Identity() if fold_bn else nn.BatchNorm2d(out_chs, eps=eps, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
+        x = self.bn(self.conv(x))
+        return F.relu(x, inplace=True) if self.relu else x
 
     @torch.no_grad()
     def fold_bn_(self) -> None:
@@ -46,9 +52,9 @@ class BasicConv2d(nn.Module):
         self.bn = nn.Identity()
 
 
-def conv_bn_factory(fold_bn: bool, device=None):
+def conv_bn_factory(fold_bn: bool, device=None, eps: float = BN_EPS):
     """``conv(in, out, kernel, ...)`` building a ``BasicConv2d`` plain or folded, on ``device``."""
-    return functools.partial(BasicConv2d, fold_bn=fold_bn, device=device)
+    return functools.partial(BasicConv2d, fold_bn=fold_bn, device=device, eps=eps)
 
 
 def aux_logits(x: torch.Tensor, conv_1x1: nn.Module, conv_5x5: nn.Module,
@@ -63,6 +69,25 @@ def aux_logits(x: torch.Tensor, conv_1x1: nn.Module, conv_5x5: nn.Module,
 def tf_same_avg_pool() -> nn.AvgPool2d:
     """3x3/1 SAME average pool as TF computes it: padded zeros are not counted in the mean."""
     return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+
+
+def tf_same_max_pool(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """TF's ``max_pool(padding='SAME')`` for any input size: the output is ceil(size / stride)
+    and the padding that needs, pad_total = max((out - 1) * stride + kernel - size, 0), goes
+    pad_total // 2 before and the rest AFTER (asymmetric when odd), padded with -inf (a pad
+    never wins the max). PyTorch's symmetric ``padding`` differs wherever pad_total is odd,
+    e.g. 3x3/2 on 150 or 112 (pads 0 before, 1 after), and agrees on 113 (1 and 1)."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad takes the last dimension first
+        total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.max_pool2d(F.pad(x, pads, value=-math.inf), kernel, stride)
+
+
+def subsample(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """TF-Slim's ``resnet_utils.subsample``: a 1x1 max pool of ``stride`` (every stride-th
+    row and column from the first; no padding, as a 1x1 window needs none)."""
+    return x if stride == 1 else x[:, :, ::stride, ::stride]
 
 
 def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:

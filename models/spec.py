@@ -22,7 +22,7 @@ from importlib import import_module
 
 import numpy as np
 
-from models.folding import fold_batch_norm
+from models.folding import BN_EPS, fold_batch_norm
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")  # state, not parameters
 AUX_SCOPE = "AuxLogits"
@@ -44,6 +44,7 @@ class LayerKind:
 
     name: str
     variables: dict[str, str]  # role -> TF variable name below the layer's scope
+    bn_eps: float = BN_EPS     # the batch norm's epsilon, where the kind has one
 
     def layout(self, module: str, shape: tuple, classes: int, folded: bool) -> list[tuple]:
         """[(PyTorch key, shape)] the layer fills, in state-dict order."""
@@ -63,38 +64,79 @@ class LayerKind:
 
 
 class ConvBN(LayerKind):
-    """Conv without bias + batch norm without gamma (+ ReLU): PyTorch ``BasicConv2d``."""
+    """Conv without bias + batch norm (+ ReLU or not): PyTorch ``BasicConv2d``.
 
-    name = "conv_bn"
-    variables = {"weight": "weights", "beta": "BatchNorm/beta", "mean": "BatchNorm/moving_mean",
-                 "var": "BatchNorm/moving_variance"}
+    ``conv_bn``: TF-Slim's Inception batch norm, without gamma (``bn.weight`` holds ones).
+    ``conv_bn_gamma``: with gamma (``scale=True``, as ``resnet_arg_scope`` has it). The epsilon
+    is the architecture's (``table(..., bn_eps)``: 1e-3 for Inception, 1e-5 for ResNet).
+    """
+
+    def __init__(self, gamma: bool = False, bn_eps: float = BN_EPS):
+        self.gamma, self.bn_eps = gamma, bn_eps
+        self.name = "conv_bn_gamma" if gamma else "conv_bn"
+        self.variables = {"weight": "weights", "beta": "BatchNorm/beta",
+                          "mean": "BatchNorm/moving_mean", "var": "BatchNorm/moving_variance"}
+        if gamma:
+            self.variables["gamma"] = "BatchNorm/gamma"
 
     def layout(self, module, shape, classes, folded):
         if folded:
             return [(f"{module}.conv.weight", shape), (f"{module}.conv.bias", shape[:1])]
-        return [(f"{module}.conv.weight", shape),
-                *((f"{module}.bn.{key}", shape[:1]) for key in ("weight", "bias", *BUFFERS[:2])),
-                (f"{module}.bn.num_batches_tracked", ())]
+        return [(f"{module}.conv.weight", shape), *_batch_norm_layout(f"{module}.bn", shape[0])]
 
     def tf_shapes(self, shape, classes):
         out_chs, in_chs, kh, kw = shape  # TF conv kernels are HWIO
-        return {"weight": (kh, kw, in_chs, out_chs), "beta": (out_chs,), "mean": (out_chs,),
-                "var": (out_chs,)}
+        return {"weight": (kh, kw, in_chs, out_chs),
+                **{role: (out_chs,) for role in self.variables if role != "weight"}}
 
     def tensors(self, module, v, folded, drop):
         weight = v["weight"].transpose(3, 2, 0, 1)  # HWIO -> OIHW, a view until it is copied
         if folded:
             # The checkpoint's own precision in, float64 math, float32 out: rounded once.
-            weight, bias = fold_batch_norm(weight, v["beta"], v["mean"], v["var"], dtype="<f4")
+            weight, bias = fold_batch_norm(weight, v["beta"], v["mean"], v["var"], v.get("gamma"),
+                                           eps=self.bn_eps, dtype="<f4")
             return {f"{module}.conv.weight": weight, f"{module}.conv.bias": bias}
-        return {
-            f"{module}.conv.weight": _f32(weight),
-            f"{module}.bn.weight": np.ones(len(v["beta"]), "<f4"),  # TF-Slim's BN has no gamma
-            f"{module}.bn.bias": _f32(v["beta"]),
-            f"{module}.bn.running_mean": _f32(v["mean"]),
-            f"{module}.bn.running_var": _f32(v["var"]),
-            f"{module}.bn.num_batches_tracked": np.array(0, "<i8"),
-        }
+        return {f"{module}.conv.weight": _f32(weight),
+                **_batch_norm_tensors(f"{module}.bn", v)}
+
+
+def _batch_norm_tensors(module: str, v: Arrays) -> Arrays:
+    """``nn.BatchNorm2d``'s keys from TF's batch norm variables (gamma 1 where TF has none)."""
+    gamma = v.get("gamma")
+    return {
+        f"{module}.weight": np.ones(len(v["beta"]), "<f4") if gamma is None else _f32(gamma),
+        f"{module}.bias": _f32(v["beta"]),
+        f"{module}.running_mean": _f32(v["mean"]),
+        f"{module}.running_var": _f32(v["var"]),
+        f"{module}.num_batches_tracked": np.array(0, "<i8"),
+    }
+
+
+def _batch_norm_layout(module: str, channels: int) -> list[tuple]:
+    return [*((f"{module}.{key}", (channels,)) for key in ("weight", "bias", *BUFFERS[:2])),
+            (f"{module}.num_batches_tracked", ())]
+
+
+class BatchNorm(LayerKind):
+    """A batch norm of its own, with gamma (ResNet v2's ``preact`` and ``postnorm``): PyTorch
+    ``nn.BatchNorm2d``. Nothing precedes it that it could fold into, so ``--fold-bn`` keeps it.
+    The table gives its channels as the shape."""
+
+    name = "bn"
+    variables = {"gamma": "gamma", "beta": "beta", "mean": "moving_mean",
+                 "var": "moving_variance"}
+
+    def __init__(self, bn_eps: float = BN_EPS):
+        self.bn_eps = bn_eps
+
+    def layout(self, module, shape, classes, folded):
+        return _batch_norm_layout(module, shape[0])
+
+    def tf_shapes(self, shape, classes):
+        return {role: shape for role in self.variables}
+
+    def tensors(self, module, v, folded, drop):
+        return _batch_norm_tensors(module, v)
 
 
 class ConvBias(LayerKind):
@@ -156,7 +198,11 @@ class FCClassifier(Classifier):
         return weight
 
 
-KINDS = {kind.name: kind for kind in (ConvBN(), ConvBias(), ConvClassifier(), FCClassifier())}
+def kinds(bn_eps: float = BN_EPS) -> dict[str, LayerKind]:
+    """Every layer kind by name, its batch norms (if any) with ``bn_eps``."""
+    return {kind.name: kind for kind in (ConvBN(bn_eps=bn_eps), ConvBN(gamma=True, bn_eps=bn_eps),
+                                         BatchNorm(bn_eps), ConvBias(), ConvClassifier(),
+                                         FCClassifier())}
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -178,12 +224,14 @@ class Layer:
         return f"{self.module} ({role})"
 
 
-def table(root: str, rows: str) -> list[Layer]:
+def table(root: str, rows: str, bn_eps: float = BN_EPS) -> list[Layer]:
     """Layers from rows of ``tf_scope module kind shape...``, scopes below ``root``.
 
-    Convs give ``KHxKW IN OUT`` (e.g. ``1x7 128 160``), classifiers their input features.
-    Blank lines and ``#`` comments are ignored.
+    Convs give ``KHxKW IN OUT`` (e.g. ``1x7 128 160``), classifiers their input features, batch
+    norms their channels. ``bn_eps`` is the architecture's batch-norm epsilon. Blank lines and
+    ``#`` comments are ignored.
     """
+    by_name = kinds(bn_eps)
     layers = []
     for row in rows.splitlines():
         row = row.split("#", 1)[0].split()
@@ -196,7 +244,7 @@ def table(root: str, rows: str) -> list[Layer]:
         else:
             (features,) = dims
             shape = (int(features),)
-        layers.append(Layer(f"{root}/{scope}", module, KINDS[kind], shape,
+        layers.append(Layer(f"{root}/{scope}", module, by_name[kind], shape,
                             scope.startswith(AUX_SCOPE + "/")))
     return layers
 
@@ -215,6 +263,9 @@ class EvalConfig:
     classifier: str           # module of the main classifier
     recipe: str               # the preprocessing, in words, with its source
     color: str = "RGB"
+    # VGG style: resize the shorter side to this, then central crop input_size; None:
+    # Inception style, central crop crop_fraction of the image, then resize to input_size
+    resize_side: int | None = None
 
 
 def inception_eval(classifier: str) -> EvalConfig:
@@ -259,6 +310,7 @@ class Architecture:
     oracle_name: str          # what that reference is, as reports name it
     paper: str
     keras: KerasAdapter | None = None
+    timm_keys: str | None = None  # the timm model whose state-dict keys ours are, if any
 
     logits_end_points = ("AuxLogits", "Logits")  # class scores: label offset and top-k apply
 
@@ -272,7 +324,21 @@ class Architecture:
 
     @property
     def package(self) -> str:
-        return f"models.{self.name}"
+        """The folder's package, e.g. ``models.inception_v3``."""
+        return self.model.partition(":")[0].rsplit(".", 1)[0]
+
+    @property
+    def batch_norm(self) -> str:
+        """How the model's conv batch norms are parameterised, in words (for model cards)."""
+        norms = {(layer.kind.bn_eps, layer.kind.gamma) for layer in self.layers
+                 if isinstance(layer.kind, ConvBN)}
+        return "; ".join(f"eps {eps:.0e}".replace("e-0", "e-") + f", gamma {'learned' if gamma else '1'}"
+                         for eps, gamma in sorted(norms))
+
+    @property
+    def standalone_batch_norms(self) -> int:
+        """Batch norms with no conv before them to fold into (ResNet v2's pre-activations)."""
+        return sum(isinstance(layer.kind, BatchNorm) for layer in self.layers)
 
     def target_layout(self, num_classes: int, aux: bool = True,
                       fold_bn: bool = False) -> "OrderedDict[str, tuple[int, ...]]":
@@ -292,7 +358,7 @@ class Architecture:
         (given its keys and shapes), or None if the keys are not this model's."""
         shapes = dict(keys)
         weight = f"{self.eval.classifier}.weight"
-        first_conv = next(layer for layer in self.layers if layer.kind.name == "conv_bn")
+        first_conv = next(layer for layer in self.layers if isinstance(layer.kind, ConvBN))
         if weight not in shapes or f"{first_conv.module}.conv.weight" not in shapes:
             return None
         return {"num_classes": shapes[weight][0],
@@ -305,28 +371,43 @@ class Architecture:
         return getattr(import_module(module), name)
 
     def oracle_module(self):
-        """The module with this architecture's TF reference (imports TensorFlow on use)."""
-        return import_module(self.oracle)
+        """This architecture's TF reference: the oracle module, with its ``Reference`` (the
+        graph verify compares with) and ``build_synthetic_checkpoint``; a module serving several
+        architectures gives them through ``oracle_for(spec)``. Imports TensorFlow on use."""
+        module = import_module(self.oracle)
+        return module.oracle_for(self) if hasattr(module, "oracle_for") else module
 
 
 # --- finding architectures --------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
 def architectures() -> dict[str, Architecture]:
-    """Every folder of ``models`` with a ``spec.py``, by name (sorted)."""
+    """Every architecture of the folders of ``models`` with a ``spec.py``, by name: a folder's
+    ``SPEC``, or its ``SPECS`` when one definition serves several (e.g. ResNet's depths)."""
     import models
 
     found = {}
     for info in sorted(pkgutil.iter_modules(models.__path__), key=lambda i: i.name):
         if info.ispkg:
             try:
-                spec = import_module(f"models.{info.name}.spec").SPEC
+                module = import_module(f"models.{info.name}.spec")
             except ModuleNotFoundError as err:
                 if err.name != f"models.{info.name}.spec":
                     raise
                 continue
-            found[spec.name] = spec
-    return found
+            for spec in getattr(module, "SPECS", None) or (module.SPEC,):
+                found[spec.name] = spec
+    return dict(sorted(found.items()))
+
+
+def representatives() -> tuple[str, ...]:
+    """One architecture per folder (its ``SPEC``, or the first of its ``SPECS``): what the
+    benchmarks run by default."""
+    first = {}
+    for spec in architectures().values():
+        module = import_module(f"{spec.package}.spec")
+        first.setdefault(spec.package, (getattr(module, "SPECS", None) or (module.SPEC,))[0].name)
+    return tuple(first.values())
 
 
 class UnknownArchitecture(LookupError):
@@ -360,10 +441,15 @@ def detect_architecture(variable_names) -> Architecture:
 def architecture_of_state_dict(keys) -> tuple[Architecture, dict]:
     """(architecture, model options) of a ported state dict from its keys and shapes."""
     pairs = list(keys)
-    for spec in architectures().values():
-        options = spec.options_of(pairs)
-        if options is not None:
+    candidates = [(spec, options) for spec in architectures().values()
+                  if (options := spec.options_of(pairs)) is not None]
+    for spec, options in candidates:  # the one whose keys are exactly these (ResNet's depths)
+        layout = spec.target_layout(options["num_classes"], options["aux_logits"],
+                                    options["fold_bn"])
+        if layout.keys() == dict(pairs).keys():
             return spec, options
+    if candidates:  # keys of an architecture, but not all of them: load_state_dict says which
+        return candidates[0]
     raise UnknownArchitecture("not a state dict of a known architecture (" + ", ".join(
         f"{s.name}: no {s.eval.classifier}.weight" for s in architectures().values()) + ")")
 

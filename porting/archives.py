@@ -25,7 +25,8 @@ naming the archive and the limit:
 * each member's header (pax / GNU long-name records) at most ``MAX_HEADER_BYTES``, so that a
   forged header cannot make ``tarfile`` buffer gigabytes in memory.
 
-Only what a checkpoint reader needs is written: the ``.meta`` graph (never read by a port) and
+Only what a checkpoint reader needs is written: graphs (``.meta``, and the ``eval.graph`` /
+``train.graph`` of the 2017 ResNet v2 releases; never read by a port) and
 the ``checkpoint`` state file of a training folder are read past, not unpacked (``SKIPPED_*``);
 everything else (``*.index``, ``*.data-?????-of-?????``, V1 table files, and any other file) is
 unpacked as before.
@@ -66,7 +67,7 @@ RATIO_EXEMPT_BYTES = 1 << 20   # the ratio is not held against archives unpackin
 MAX_HEADER_BYTES = 1 << 20     # one member's header records (pax, GNU long names)
 
 SKIPPED_NAMES = frozenset({"checkpoint"})  # the CheckpointState file of a training folder
-SKIPPED_SUFFIXES = (".meta",)              # MetaGraphDef: the graph, never read by a port
+SKIPPED_SUFFIXES = (".meta", ".graph")    # MetaGraphDef / GraphDef files: never read by a port
 
 TEMP_PREFIX = "port-weights-"
 _TEMP_RE = re.compile(r"port-weights-([1-9][0-9]{0,9})-[a-z0-9_]{8}")  # as mkdtemp names them

@@ -8,7 +8,7 @@ anything else left over is an error that names it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class Conversion:
     skipped: dict[str, str] = field(default_factory=dict)  # TF variable -> reason
     source_classes: int = 0
     architecture: Architecture | None = None
+    options: PortOptions = PortOptions()  # as applied: no aux for an architecture without one
 
 
 def _fmt_names(names, limit: int = 4) -> str:
@@ -76,7 +77,7 @@ def plan_variables(reader: CheckpointReader, options: PortOptions,
         sample = _fmt_names([n for n in available if non_model_reason(n) is None], 3) or "nothing"
         raise PortError(f"{path}: not a TF-Slim {spec.title} checkpoint: none of its "
                         f"{len(wanted)} variables found (it holds {sample})")
-    if options.aux and not aux_names & available.keys():
+    if options.aux and spec.has_aux and not aux_names & available.keys():
         raise PortError(f"{path}: checkpoint has no AuxLogits variables; "
                         "port it with --no-aux")
 
@@ -203,5 +204,6 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
         if tensors[key].shape != shape:
             raise AssertionError(f"{key}: produced {list(tensors[key].shape)}, model wants {list(shape)}")
     state_dict = OrderedDict((key, tensors[key]) for key in layout)
+    applied = replace(options, aux=options.aux and checked.architecture.has_aux)
     return Conversion(state_dict, mapped, dict(sorted(skipped.items())), checked.source_classes,
-                      checked.architecture)
+                      checked.architecture, applied)

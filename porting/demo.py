@@ -41,7 +41,7 @@ def synthetic_source(out: Path, name: str) -> Path:
     prefix = out / f"synthetic_{name}.ckpt"
     if not Path(f"{prefix}.index").is_file():
         print(f"building a synthetic TF-Slim checkpoint at {prefix} (about a minute) ...", flush=True)
-        spec.oracle_module().build_synthetic_checkpoint(prefix, load_photos()[1])
+        spec.oracle_module().build_synthetic_checkpoint(prefix, load_photos(config=spec.eval)[1])
     return prefix
 
 
@@ -82,7 +82,7 @@ def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
     result = port_checkpoint(src, dst, options, force=True)  # the manifest records the archive
     conversion = result.conversion
 
-    names, images = load_photos()
+    names, images = load_photos(config=conversion.architecture.eval)
     dropped = label_offset(conversion.architecture, conversion.source_classes, options)
     reference = reference_logits(src, images)[:, dropped:]  # TF's background left out
     model = load_ported(result.written.path)  # the written file, as a user loads it

@@ -2,9 +2,12 @@
 verified later with no TensorFlow installed.
 
 Layout (format ``tf-porting-goldens/1``):
-    inputs                [N, 299, 299, 3]  the images fed to TF-Slim (NHWC, [-1, 1])
+    inputs                [N, S, S, 3]      the images fed to TF-Slim (NHWC, preprocessed; S the
+                                            architecture's input size, e.g. 299)
     image_names           [N]               where each image came from
-    end_points/<name>     TF-Slim's end point as TF returns it (4-D ones NHWC, 1001-class logits)
+    end_points/<name>     TF-Slim's end point as TF returns it (4-D ones NHWC, 1001-class logits);
+                          a "/" in its name (ResNet's scoped names) stored as ":", which TF names
+                          never hold, as HDF5 would read "/" as a group
     attrs: checkpoint, checkpoint_sha256 (JSON {file name: sha256}), num_classes, aux, ema,
            dtype, architecture (absent in files recorded before there were several: Inception
            v3), tensorflow, tf_slim, keras (versions that computed the end points)
@@ -81,7 +84,7 @@ class GoldenRecorder:
             outputs = reference(start, stop)
             try:
                 for name, value in outputs.items():
-                    key = f"end_points/{name}"
+                    key = f"end_points/{_key(name)}"
                     if key not in self._file:
                         self._dataset(key, (self._count, *value.shape[1:]), value.dtype)
                     self._file[key][start:stop] = value
@@ -118,6 +121,14 @@ def _versions() -> dict[str, str]:
     import tensorflow as tf
 
     return {"tensorflow": tf.__version__, "tf_slim": version("tf-slim"), "keras": version("keras")}
+
+
+def _key(end_point: str) -> str:
+    return end_point.replace("/", ":")
+
+
+def _name(key: str) -> str:
+    return key.replace(":", "/")
 
 
 _ATTRS = ("checkpoint", "checkpoint_sha256", "num_classes", "aux", "ema", "dtype")
@@ -170,7 +181,7 @@ class Goldens:
         self.inputs = self._file["inputs"][...]
         self.names = [n.decode() if isinstance(n, bytes) else str(n)
                       for n in self._file["image_names"][...]]
-        self.end_points = tuple(self._file["end_points"])
+        self.end_points = tuple(_name(key) for key in self._file["end_points"])
         if len(self.inputs) != count or len(self.names) != count:
             raise PortError(f"{self.path}: damaged golden file: read {len(self.inputs)} inputs "
                             f"and {len(self.names)} names of {count}")
@@ -209,7 +220,7 @@ class Goldens:
             raise PortError(f"{self.path}: image_names are {_described(names)}; expected "
                             f"[{count}] strings, one per input")
         group = file["end_points"]
-        if "Logits" not in group:
+        if _key("Logits") not in group:
             raise PortError(f"{self.path}: incomplete golden file: no end point 'Logits'")
         for name in group:
             dataset = group.get(name)
@@ -220,7 +231,7 @@ class Goldens:
                     or dataset.dtype.kind != "f"):
                 raise PortError(f"{self.path}: {where} is {_described(dataset)}; expected "
                                 f"float rows for the {count} inputs")
-            if name in spec.logits_end_points and dataset.shape != (count, source.num_classes):
+            if _name(name) in spec.logits_end_points and dataset.shape != (count, source.num_classes):
                 raise PortError(f"{self.path}: {where} is {_described(dataset)}; expected "
                                 f"[{count}, {source.num_classes}] class scores")
         return count
@@ -231,7 +242,7 @@ class Goldens:
         outputs = {}
         for name in self.end_points:
             try:
-                outputs[name] = self._file["end_points"][name][start:stop]
+                outputs[name] = self._file["end_points"][_key(name)][start:stop]
             except _H5_FAILURES as err:
                 raise PortError(f"{self.path}: cannot read end_points/{shown(name)} of images "
                                 f"{start}..{stop - 1} ({type(err).__name__}: "

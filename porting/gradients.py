@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FGSM_EPSILON = 4 / 255  # on [-1, 1]: 2/255 of the [0, 1] range
+FGSM_PIXELS = 2 / 255  # the FGSM step, as a fraction of the pixel range
+FGSM_EPSILON = 4 / 255  # that step on Inception's [-1, 1] inputs
 FLOAT32_RELATIVE_TOLERANCE = 0.1  # 3x the measured float32 noise floor (see above)
 
 
@@ -44,14 +45,15 @@ class GradientParity:
     def __str__(self) -> str:
         return (f"input gradient relative error {self.relative_error:.3g} "
                 f"(bound {self.relative_tolerance:.3g}), signs agree {self.sign_agreement:.4%}; "
-                f"FGSM eps {FGSM_EPSILON:.4f}: PyTorch's images same top-1 in TF "
+                f"FGSM step 2/255 of the pixel range: PyTorch's images same top-1 in TF "
                 f"{self.torch_fgsm_agree}/{self.images}, TF's in PyTorch "
                 f"{self.tf_fgsm_agree}/{self.images} ({self.fooled} fooled)")
 
 
-def fgsm(images: np.ndarray, gradient: np.ndarray, epsilon: float = FGSM_EPSILON) -> np.ndarray:
-    """One signed-gradient step up the loss, kept in the [-1, 1] input range."""
-    return np.clip(images + epsilon * np.sign(gradient), -1.0, 1.0).astype(images.dtype)
+def fgsm(images: np.ndarray, gradient: np.ndarray, epsilon: float = FGSM_EPSILON,
+         value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """One signed-gradient step up the loss, kept in the input range."""
+    return np.clip(images + epsilon * np.sign(gradient), *value_range).astype(images.dtype)
 
 
 def torch_loss_gradient(model: torch.nn.Module, images_nhwc: np.ndarray,
@@ -77,8 +79,12 @@ def gradient_parity(model: torch.nn.Module, tf_model, images: np.ndarray, *, fir
                     relative_tolerance: float, labels: np.ndarray | None = None,
                     batch_size: int = 2, progress=None) -> GradientParity:
     """Compare input gradients and cross-apply FGSM images between ``model`` and ``tf_model``
-    (a ``TFSlimInceptionV3``). ``first_class=1`` when the model dropped TF's background class;
+    (the architecture's TF ``Reference``). ``first_class=1`` when the model dropped TF's background class;
     ``labels`` index the model's classes and default to TF's top-1."""
+    from models.spec import architecture_of_model
+
+    prep = architecture_of_model(model).eval  # the step is 2/255 of the pixels, whatever the scale
+    step = dict(epsilon=FGSM_PIXELS / prep.std[0], value_range=prep.value_range)
     worst_diff = max_grad = 0.0
     same_sign = torch_agree = tf_agree = fooled = 0
     for start in range(0, len(images), batch_size):
@@ -94,7 +100,7 @@ def gradient_parity(model: torch.nn.Module, tf_model, images: np.ndarray, *, fir
         max_grad = max(max_grad, float(np.abs(g_tf).max()))
         same_sign += int((np.sign(g_pt) == np.sign(g_tf)).sum())
 
-        adv_pt, adv_tf = fgsm(batch, g_pt), fgsm(batch, g_tf)
+        adv_pt, adv_tf = fgsm(batch, g_pt, **step), fgsm(batch, g_tf, **step)
         pt_on_pt = _torch_top1(model, adv_pt)
         tf_logits = tf_model(np.concatenate([adv_pt, adv_tf]), ("Logits",))["Logits"][:, first_class:]
         tf_on_pt, tf_on_tf = np.split(tf_logits.argmax(1), 2)

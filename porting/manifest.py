@@ -153,6 +153,24 @@ def _classes_line(options: dict, source_classes: int, offset: int) -> str:
             "(no background class)")
 
 
+def _channels(values) -> str:
+    return str(values[0]) if len(set(values)) == 1 else ", ".join(f"{v:.4g}" for v in values)
+
+
+def _crop_line(prep) -> str:
+    if prep.resize_side is not None:
+        return f"resize the shorter side to {prep.resize_side}, then central crop {prep.input_size}"
+    return f"central crop {prep.crop_fraction} of the image, then resize"
+
+
+def _batch_norm_line(spec, fold_bn: bool) -> str:
+    if not fold_bn:
+        return f"kept ({spec.batch_norm})"
+    kept = spec.standalone_batch_norms
+    return "folded into the convolutions" + (
+        f"; the {kept} batch norms with no conv before them kept ({spec.batch_norm})" if kept else "")
+
+
 def model_card(manifest: dict) -> str:
     """A model-zoo style Markdown card for the file the manifest describes."""
     source, output, options = manifest["source"], manifest["output"], manifest["options"]
@@ -178,8 +196,8 @@ def model_card(manifest: dict) -> str:
         f"# {name}",
         "",
         f"{spec.title} weights ported to PyTorch by tf-porting {manifest['tool']['version']} "
-        f"for the TF-exact definition `{spec.model.replace(':', '.')}` (state-dict keys as "
-        f"timm's `{spec.name}`).",
+        f"for the TF-exact definition `{spec.model.replace(':', '.')}` (state-dict keys "
+        + (f"as timm's `{spec.timm_keys}`)." if spec.timm_keys else "named after TF-Slim's scopes)."),
         "",
         "| | |",
         "| --- | --- |",
@@ -188,11 +206,11 @@ def model_card(manifest: dict) -> str:
         f"| Parameters | {params:,} ({params / 1e6:.1f} M) |",
         f"| Classes | {_classes_line(options, source['num_classes'], prep.label_offset)} |",
         f"| Aux head | {'included (AuxLogits)' if options['aux'] else 'not included'} |",
-        f"| Batch norm | {'folded into the convolutions' if options['fold_bn'] else 'kept (eps 1e-3, gamma 1)'} |",
+        f"| Batch norm | {_batch_norm_line(spec, options['fold_bn'])} |",
         f"| Input | {prep.input_size}x{prep.input_size} {prep.color}, NCHW float, "
-        f"values in [{prep.value_range[0]:g}, {prep.value_range[1]:g}] (mean {prep.mean[0]}, "
-        f"std {prep.std[0]} per channel) |",
-        f"| Eval crop | central crop {prep.crop_fraction} of the image, then resize |",
+        f"values in [{prep.value_range[0]:g}, {prep.value_range[1]:g}] (mean {_channels(prep.mean)}, "
+        f"std {_channels(prep.std)} per channel, on pixels scaled to [0, 1]) |",
+        f"| Eval crop | {_crop_line(prep)} |",
         f"| Interpolation | {prep.interpolation} |",
         f"| Recipe | {prep.recipe} |",
         f"| Parity | {parity_line} |",

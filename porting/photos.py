@@ -24,9 +24,10 @@ def photo_dir() -> Path:
 
 
 def load_photos(count: int | None = None, folder: Path | None = None,
-                method: str = "tf-slim") -> tuple[list[str], np.ndarray]:
+                method: str = "tf-slim", config=None) -> tuple[list[str], np.ndarray]:
     """(names, NHWC float32 batch): the first ``count`` (default all) photos from ``folder``
-    (sorted by name) or scikit-image's set."""
+    (sorted by name) or scikit-image's set, preprocessed for ``config`` (an architecture's
+    ``EvalConfig``; default Inception's)."""
     if folder is None:
         paths = [photo_dir() / name for name in PHOTOS[:count]]
     else:
@@ -36,4 +37,4 @@ def load_photos(count: int | None = None, folder: Path | None = None,
         paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
         if not paths:
             raise PortError(f"{folder}: holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return [p.name for p in paths], np.stack([load_image(p, method) for p in paths])
+    return [p.name for p in paths], np.stack([load_image(p, method, config) for p in paths])

@@ -45,6 +45,7 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         # reads release the GIL), taking it off the wall time of a port.
         hashed_files = hasher.submit(hash_source_files, checkpoint.source, opened.archive)
         conversion = convert(checkpoint, options)
+        options = conversion.options
         release = release_for(opened.published_name, conversion.architecture.name)
         source = source_record(src, checkpoint.source, hashed_files.result(), release,
                                conversion.source_classes)

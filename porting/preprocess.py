@@ -1,13 +1,19 @@
-"""Image preprocessing in numpy: TF-Slim's Inception eval path, exactly, and timm's.
+"""Image preprocessing in numpy: TF-Slim's Inception and VGG eval paths, exactly, and timm's.
 
-Size and crop come from the architecture's eval config (``models.spec.EvalConfig``); the
-defaults are Inception's (299 px, central crop 0.875).
+Size, crop and recipe come from the architecture's eval config (``models.spec.EvalConfig``);
+the defaults are Inception's (299 px, central crop 0.875).
 
 ``tf-slim`` (TF-Slim's ``preprocess_for_eval``, used by the adversarial-model eval scripts):
 pixels to [0, 1], ``tf.image.central_crop(0.875)``, the TF1 op ``resize_bilinear`` to 299x299
 with ``align_corners=False`` and ``half_pixel_centers=False``, then ``(x - 0.5) * 2``.
 That legacy op samples source pixel ``i * in / out`` (no half-pixel shift), so TF2's
 ``tf.image.resize``, PIL and ``F.interpolate`` all differ from it; it is reimplemented here.
+
+With ``resize_side`` in the config (ResNet v1), ``tf-slim`` is TF-Slim's ``vgg_preprocessing``
+eval path instead: the [0, 255] pixels resized (the same legacy op) so that the shorter side is
+``resize_side`` (each side ``rint(side * resize_side / shorter)``, in float32), a central crop of
+``input_size`` at offset ``(side - size) // 2``, then the mean subtracted (``(x - mean) / std``
+with the config's [0, 1]-scale mean and std is that, up to float32 rounding).
 
 ``timm`` (timm's eval transform for this model): bicubic resize of the shorter side to
 floor(299 / 0.875) = 341 (PIL), centre crop 299, mean = std = 0.5. Same [-1, 1] range, other pixels.
@@ -68,8 +74,22 @@ def tf_slim_eval(pixels: np.ndarray, size: int = SIZE,
     return (image - 0.5) * 2.0
 
 
-def timm_eval(image, size: int = SIZE, crop_fraction: float = CROP_FRACTION) -> np.ndarray:
-    """PIL RGB image -> float32 HWC in [-1, 1], timm's eval transform for inception_v3."""
+def vgg_eval(pixels: np.ndarray, size: int, resize_side: int,
+             mean: tuple[float, float, float]) -> np.ndarray:
+    """uint8 HWC RGB -> float32 HWC, TF-Slim's ``vgg_preprocessing`` eval path (``mean`` on the
+    [0, 255] scale)."""
+    image = pixels.astype(np.float32)
+    height, width = image.shape[:2]
+    scale = np.float32(resize_side) / np.float32(min(height, width))
+    new_height, new_width = (int(np.rint(np.float32(side) * scale)) for side in (height, width))
+    image = resize_bilinear_legacy(image, new_height, new_width)
+    top, left = (new_height - size) // 2, (new_width - size) // 2
+    return image[top:top + size, left:left + size] - np.asarray(mean, np.float32)
+
+
+def timm_eval(image, size: int = SIZE, crop_fraction: float = CROP_FRACTION,
+              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) -> np.ndarray:
+    """PIL RGB image -> float32 HWC, timm's eval transform (default: inception_v3's, [-1, 1])."""
     from PIL import Image
 
     scale_size = math.floor(size / crop_fraction)
@@ -81,7 +101,7 @@ def timm_eval(image, size: int = SIZE, crop_fraction: float = CROP_FRACTION) -> 
     image = image.resize((new_w, new_h), Image.BICUBIC)
     top, left = round((new_h - size) / 2), round((new_w - size) / 2)
     pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-    return (pixels - 0.5) / 0.5
+    return ((pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
 
 
 def load_image(path: str | Path, method: str = "tf-slim", config=None) -> np.ndarray:
@@ -90,6 +110,7 @@ def load_image(path: str | Path, method: str = "tf-slim", config=None) -> np.nda
     from PIL import Image
 
     size, crop = (config.input_size, config.crop_fraction) if config else (SIZE, CROP_FRACTION)
+    resize_side = config.resize_side if config else None
     try:
         with warnings.catch_warnings():
             # PIL warns above MAX_IMAGE_PIXELS and refuses at twice that: refuse at once, as
@@ -103,5 +124,8 @@ def load_image(path: str | Path, method: str = "tf-slim", config=None) -> np.nda
     except OSError as err:  # missing, unreadable or not an image (PIL's error is an OSError)
         raise PortError(f"{path}: cannot read image ({type(err).__name__})") from err
     if method == "tf-slim":
+        if resize_side is not None:
+            mean = tuple(255 * m for m in config.mean)
+            return vgg_eval(np.asarray(image), size, resize_side, mean)
         return tf_slim_eval(np.asarray(image), size, crop)
-    return timm_eval(image, size, crop)
+    return timm_eval(image, size, crop, *((config.mean, config.std) if config else ()))

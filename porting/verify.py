@@ -1,8 +1,8 @@
 """``port-weights verify``: every TF-Slim end point of a ported file against the source.
 
 The reference is the architecture's TF oracle on the source checkpoint (``models/<name>/oracle.py``:
-TF-Slim's own graph for Inception v3, Keras's InceptionResNetV2 plus TF-Slim's aux head for
-Inception-ResNet-v2), or a golden file recorded from it (``porting.goldens``, no TensorFlow
+TF-Slim's own graph for Inception v3 and the ResNets, Keras's InceptionResNetV2 plus TF-Slim's
+aux head for Inception-ResNet-v2), or a golden file recorded from it (``porting.goldens``, no TensorFlow
 needed). The end points and which of them are classifier outputs come from the architecture's
 spec. Each end point passes when
 max |diff| <= bound x max(1, max |TF|) (``porting.parity``: in float32 1e-4 for the classifier
@@ -83,16 +83,18 @@ class Report:
                 + ("; gradients and FGSM agree" if self.gradients is not None else ""))
 
     def table(self) -> list[str]:
-        lines = [f"{'end point':<16}{'max |diff|':>12}{'relative':>12}{'bound':>10}  result"]
-        for name in get_architecture(self.architecture).end_points:
+        names = get_architecture(self.architecture).end_points
+        w = max(16, 2 + max(map(len, names)))  # ResNet's scoped names run to ~45 characters
+        lines = [f"{'end point':<{w}}{'max |diff|':>12}{'relative':>12}{'bound':>10}  result"]
+        for name in names:
             if name in self.skipped:
-                lines.append(f"{name:<16}{'-':>12}{'-':>12}{'-':>10}  skipped: {self.skipped[name]}")
+                lines.append(f"{name:<{w}}{'-':>12}{'-':>12}{'-':>10}  skipped: {self.skipped[name]}")
             elif name in self.end_points:
                 p = self.end_points[name]
                 result = "ok" if p.passed else "FAIL"
                 if p.top1_agree is not None:
                     result += f" (top-1 {p.top1_agree}/{p.images}, top-5 {p.top5_agree}/{p.images})"
-                lines.append(f"{name:<16}{p.max_abs_diff:>12.3g}{p.relative_error:>12.3g}"
+                lines.append(f"{name:<{w}}{p.max_abs_diff:>12.3g}{p.relative_error:>12.3g}"
                              f"{p.relative_tolerance:>10.0e}  {result}")
         if self.gradients is not None:
             lines.append(f"gradients: {self.gradients} -> {'ok' if self.gradients.passed else 'FAIL'}")
@@ -283,9 +285,10 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
                                 f"{' --float64' if source.dtype == 'float64' else 'out --float64'}")
             reference, described = goldens.reference, f"goldens {request.goldens}"
         else:
-            names, images = load_photos(request.image_count, request.images_dir)
-            images = images.astype(dtype)
             source, tf_model, spec = _checkpoint_source(request, dtype, stack)
+            names, images = load_photos(request.image_count, request.images_dir,
+                                        config=spec.eval)
+            images = images.astype(dtype)
             reference = functools.partial(_tf_end_points, tf_model, spec, images)
             described = f"{spec.oracle_name} on {source.checkpoint}"
             if request.record_goldens is not None:

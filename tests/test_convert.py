@@ -145,13 +145,18 @@ def test_no_aux_skips_the_aux_variables(synthetic_ckpt):
 
 
 def test_another_architecture_is_rejected(variant):
-    def resnet(tensors):
+    def vgg(tensors):
+        return {k.replace("InceptionV3/", "vgg_16/"): v for k, v in tensors.items()}
+
+    def misnamed(tensors):  # Inception v3's layers under a known root scope of another net
         return {k.replace("InceptionV3/", "resnet_v1_50/"): v for k, v in tensors.items()}
 
-    with pytest.raises(PortError, match="no known architecture: root scopes resnet_v1_50"):
-        _port(variant("resnet", resnet))
+    with pytest.raises(PortError, match="no known architecture: root scopes vgg_16"):
+        _port(variant("vgg", vgg))
     with pytest.raises(PortError, match="not a TF-Slim Inception-ResNet-v2 checkpoint: none of"):
-        _port(variant("resnet", resnet), arch="inception_resnet_v2")
+        _port(variant("vgg", vgg), arch="inception_resnet_v2")
+    with pytest.raises(PortError, match="not a TF-Slim ResNet-50 v1 checkpoint: none of its 267"):
+        _port(variant("misnamed", misnamed))
 
 
 def test_shape_mismatch_names_the_variable(variant):

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from porting import download as download_module
 from porting import registry
+from models.spec import get_architecture
 from porting.cli import main
 
 PAYLOAD = np.random.default_rng(5).bytes(3 * 2**20 + 12345)
@@ -125,11 +126,14 @@ def test_registry_lists_the_family_with_its_official_urls():
         "ens_adv_inception_resnet_v2": base + "ens_adv_inception_resnet_v2_2017_08_18.tar.gz",
         "adv_inception_resnet_v2": base + "adv_inception_resnet_v2_2017_12_18.tar.gz",
         "inception_resnet_v2": base + "inception_resnet_v2_2016_08_30.tar.gz",
+        **{f"resnet_v{v}_{depth}": base + f"resnet_v{v}_{depth}_{date}.tar.gz"
+           for v, date in ((1, "2016_08_28"), (2, "2017_04_14")) for depth in (50, 101, 152)},
     }
     assert releases["inception_v3"].format == "V1"
     assert releases["inception_v3"].members == ("inception_v3.ckpt",)
     for name, release in releases.items():
-        assert release.num_classes == 1001 and release.aux_logits
+        spec = get_architecture(release.architecture)
+        assert release.num_classes == spec.eval.num_classes and release.aux_logits == spec.has_aux
         assert release.url.endswith("/" + release.archive)
         # pinned or not: a digest is 64 hex digits or null (local pins go to releases.lock)
         assert release.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", release.sha256)
@@ -145,6 +149,16 @@ def test_downloads_and_verifies(server, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [ARCHIVE]
     assert f"{DIGEST} (verified)" in result.stdout
     assert "MiB" in result.stderr and "#" * 30 in result.stderr  # the progress bar, on stderr
+
+
+def test_a_resnet_release_downloads_under_its_archive_name(server, tmp_path):
+    archive = registry.get_release("resnet_v2_152").archive
+    server.files[f"/{archive}"] = PAYLOAD
+    url = server.url.replace(ARCHIVE, archive)
+    result = CliRunner().invoke(main, ["fetch", "resnet_v2_152", "--dest", str(tmp_path), "--url",
+                                       url, "--sha256", DIGEST])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet_v2_152_2017_04_14.tar.gz"]
 
 
 def test_registry_url_is_used_and_unpinned_digest_is_printed(server, tmp_path, monkeypatch):

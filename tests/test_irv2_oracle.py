@@ -15,6 +15,7 @@ import pytest
 from models.inception_resnet_v2 import oracle as irv2
 from models.inception_resnet_v2.spec import SPEC
 from models.spec import EMA_SUFFIX
+from models.tf_slim_graph import checkpoint_layout
 from porting.errors import PortError
 
 BLOCK35_1 = f"{SPEC.tf_root}/Repeat/block35_1"
@@ -133,7 +134,7 @@ def test_synthetic_v1_checkpoint_without_aux(tmp_path, images, calibrated):
                               for v in layer.variables().values()} | {"global_step"}
     assert {n: v.shape for n, v in variables.items() if n != "global_step"} == \
         spec_shapes(1000, aux=False)
-    assert irv2.checkpoint_layout(path) == (1000, False)
+    assert checkpoint_layout(path, irv2.SPEC) == (1000, False)
     keras_names = irv2.keras_to_tf_slim(calibrated[0])
     assert all(np.array_equal(variables[n], v) for n, v in keras_names.items())
 

@@ -98,3 +98,32 @@ def test_predict_offers_exactly_the_preprocessing_methods(ported_files):
     result = CliRunner().invoke(main, ["predict", "--preprocess", "bogus",
                                        str(ported_files["1000"]), image])
     assert result.exit_code == 2 and "'tf-slim', 'timm'" in result.stderr
+
+
+def _vgg_reference(tf, pixels: np.ndarray) -> np.ndarray:
+    """TF-Slim's vgg_preprocessing.preprocess_for_eval (resize side 256, 224 crop), with
+    TensorFlow's ops (eager), following its _aspect_preserving_resize and _central_crop."""
+    height, width = (tf.constant(float(n)) for n in pixels.shape[:2])
+    scale = tf.constant(256.0) / tf.minimum(height, width)
+    new_height = int(tf.cast(tf.math.rint(height * scale), tf.int32))
+    new_width = int(tf.cast(tf.math.rint(width * scale), tf.int32))
+    image = tf.compat.v1.image.resize_bilinear(pixels[None], [new_height, new_width],
+                                               align_corners=False)[0]
+    top, left = (new_height - 224) // 2, (new_width - 224) // 2
+    image = tf.cast(image[top:top + 224, left:left + 224], tf.float32)
+    return (image - tf.constant([123.68, 116.78, 103.94])).numpy()
+
+
+@pytest.mark.parametrize("name", PHOTOS[:4])
+def test_vgg_eval_matches_tensorflow(tf, name):
+    from models.spec import get_architecture
+
+    pixels = _pixels(name)
+    ours = load_image(photo_dir() / name, config=get_architecture("resnet_v1_50").eval)
+    reference = _vgg_reference(tf, pixels)
+    assert ours.shape == reference.shape == (224, 224, 3)
+    diff = float(np.abs(ours - reference).max())
+    print(f"{name} {pixels.shape}: max |diff| {diff:.2g}")
+    assert diff <= 1e-4  # on the [0, 255] scale
+    inception = load_image(photo_dir() / name, config=get_architecture("resnet_v2_50").eval)
+    assert inception.shape == (299, 299, 3)  # the v2 nets keep Inception's recipe

@@ -28,14 +28,13 @@ import numpy as np
 from models.calibration import whitened_classifier
 from models.inception_resnet_v2.spec import SPEC
 from models.spec import AUX_SCOPE, EMA_SUFFIX
+from models.tf_slim_graph import BETA_STD, GLOBAL_STEP, checkpoint_layout
 from porting.errors import PortError, first_line
 from porting.tf_runtime import import_tensorflow
 
 BN_EPSILON = 1e-3          # TF-Slim's inception_resnet_v2_arg_scope (and Keras's default)
-BETA_STD = 0.2             # random BN betas of the synthetic weights
 UP_BIAS_STD = 0.1          # up conv biases, as a fraction of the block input's std
 BACKGROUND_SCALE = 0.5     # the synthetic background logit, relative to a whitened class
-GLOBAL_STEP = 123456
 MEASURE_IMAGES = 4         # images of the pass that scales the residual up convs
 BLOCK_TYPES = ("block35", "block17", "block8")
 
@@ -423,22 +422,6 @@ def build_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarra
 
 # --- the reference -------------------------------------------------------------------------
 
-def checkpoint_layout(checkpoint_prefix: str | Path) -> tuple[int, bool]:
-    """(number of classes, has AuxLogits) of a TF-Slim Inception-ResNet-v2 checkpoint."""
-    tf = import_tensorflow()
-    try:
-        shapes = dict(tf.train.list_variables(str(checkpoint_prefix)))
-    except tf.errors.OpError as err:
-        raise PortError(f"{checkpoint_prefix}: TensorFlow cannot read it: "
-                        f"{first_line(err)}") from err
-    logits_bias = SPEC.classifier.variables()["bias"]
-    if logits_bias not in shapes:
-        raise PortError(f"{checkpoint_prefix}: not a TF-Slim Inception-ResNet-v2 checkpoint "
-                        f"(no {logits_bias})")
-    return shapes[logits_bias][0], any(name.startswith(f"{SPEC.tf_root}/{AUX_SCOPE}/")
-                                       for name in shapes)
-
-
 def _set_threads(tf, threads: int):
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -513,7 +496,7 @@ class KerasInceptionResNetV2:
     @classmethod
     def for_checkpoint(cls, checkpoint_prefix: str | Path, **kwargs) -> "KerasInceptionResNetV2":
         """The model the checkpoint holds: its number of classes, with AuxLogits if it has them."""
-        classes, aux = checkpoint_layout(checkpoint_prefix)
+        classes, aux = checkpoint_layout(checkpoint_prefix, SPEC)
         return cls(checkpoint_prefix, num_classes=classes, aux=aux, **kwargs)
 
     def _tensors(self, names: tuple):

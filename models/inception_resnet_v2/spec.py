@@ -135,4 +135,5 @@ SPEC = Architecture(
           "Residual Connections on Learning. arXiv:1602.07261",
     keras=KerasAdapter(application="keras.applications.InceptionResNetV2",
                        named=_keras_names()),
+    timm_keys="inception_resnet_v2",
 )

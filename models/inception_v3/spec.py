@@ -112,4 +112,5 @@ SPEC = Architecture(
     paper="Szegedy, Vanhoucke, Ioffe, Shlens, Wojna. Rethinking the Inception Architecture "
           "for Computer Vision. arXiv:1512.00567",
     keras=KerasAdapter(application="keras.applications.InceptionV3"),
+    timm_keys="inception_v3",
 )
