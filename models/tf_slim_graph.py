@@ -146,7 +146,8 @@ class TFSlimGraph:
 
 def write_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarray,
                                build: Callable, heads: dict[str, str], *, num_classes: int,
-                               aux: bool, seed: int = 0, v1_format: bool = False) -> Path:
+                               aux: bool, seed: int = 0, v1_format: bool = False,
+                               scales: dict[str, float] | None = None) -> Path:
     """Write a calibrated random checkpoint of TF-Slim's net at ``prefix``; return it.
 
     ``build`` is a ``TFSlimGraph.build``; ``heads`` maps each classifier end point (``Logits``,
@@ -155,7 +156,9 @@ def write_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarra
     ``calibration_images`` in one training-mode pass with decay 0, and each classifier is
     whitened on what it saw in that pass (``models.calibration``), so that different photos get
     different classes. One graph, one pass: building TF-Slim's graph is the slow part (~0.1 s
-    per batch norm). ``v1_format`` writes the older single-file V1 table (as the 2016 releases).
+    per batch norm). ``scales`` multiplies the variables whose names end with a key by its value
+    before calibration (a deep net's residual branches, as training leaves them: small).
+    ``v1_format`` writes the older single-file V1 table (as the 2016 releases).
     """
     tf = import_tensorflow()
     rng = np.random.default_rng(seed)
@@ -179,6 +182,10 @@ def write_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarra
                     initial[var.initial_value] = rng.normal(1.0, BETA_STD, var.shape)
             sess.run(tf.compat.v1.global_variables_initializer(),
                      {key: value.astype(np.float32) for key, value in initial.items()})
+            scaled = [var.assign(var * factor) for var in variables
+                      for suffix, factor in (scales or {}).items() if var.op.name.endswith(suffix)]
+            if scaled:
+                sess.run(scaled)
             heads = {end_point: scope for end_point, scope in heads.items() if end_point in end_points}
             _, inputs = sess.run((update_ops, [conv_input(end_points[end_point]) for end_point in heads]),
                                  {images: calibration_images})
