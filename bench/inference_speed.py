@@ -27,17 +27,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# PyTorch's OpenMP threads sleep when they wait instead of spinning: deploy_model's setting for
+# shared machines (README, bench/deploy_under_load.py). libgomp reads it when torch loads, so it
+# is set here, before the import; --omp-spin measures libgomp's default instead.
+if "--omp-spin" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from models import deploy_model, model_for_state_dict
-from models.spec import architectures
-from porting.convert import PortOptions
-from porting.engines import ENGINES
-from porting.onnx_export import export_weights
-from porting.parity import compare
-from porting.photos import load_photos
-from porting.pipeline import port_checkpoint
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from models import deploy_model, model_for_state_dict  # noqa: E402
+from models.spec import architectures  # noqa: E402
+from porting.convert import PortOptions  # noqa: E402
+from porting.engines import ENGINES  # noqa: E402
+from porting.onnx_export import export_weights  # noqa: E402
+from porting.parity import compare  # noqa: E402
+from porting.photos import load_photos  # noqa: E402
+from porting.pipeline import port_checkpoint  # noqa: E402
 
 THREADS = 2
 BATCH = 8
@@ -55,8 +61,8 @@ def torch_runner(model: torch.nn.Module):
     return run
 
 
-def onnx_runner(engine, path: Path):
-    run = engine.load(path, threads=THREADS)
+def onnx_runner(engine, path: Path, spin: bool = True):
+    run = engine.load(path, threads=THREADS, spin=spin)
     return lambda images_nhwc: run(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))[
         "Logits"]
 
@@ -95,8 +101,11 @@ def main() -> None:
                         default=list(architectures()), help="architectures to bench (default: all)")
     parser.add_argument("--no-load", action="store_true",
                         help="skip the rounds under a competing CPU load")
+    parser.add_argument("--omp-spin", action="store_true",
+                        help="leave OMP_WAIT_POLICY unset: PyTorch's threads spin when they wait")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset: libgomp spins)')}")
     for arch in args.arch:
         bench(architectures()[arch], args.rounds, not args.no_load)
 
@@ -127,6 +136,9 @@ def bench(spec, rounds: int, load: bool) -> None:
             lambda: torch_runner(deploy_model(state_dict)), warm_up)
         for engine in ENGINES.values():
             contenders[engine.label()] = start(lambda: onnx_runner(engine, exported), warm_up)
+        onnxruntime = ENGINES["onnxruntime"]
+        contenders[f"{onnxruntime.label()}, no spin"] = start(
+            lambda: onnx_runner(onnxruntime, exported, spin=False), warm_up)
 
     reference = contenders["TF reference"][0](photos)
     parity = {name: compare(run(photos), reference) for name, (run, _) in contenders.items()}
@@ -157,14 +169,14 @@ def report(phase: str, contenders: dict, parity: dict, rounds: int, latencies: d
           f"{rounds * B1_RUNS_PER_ROUND} batch-1 runs, {rounds} batch-{BATCH} runs each; "
           f"1-min load average {load_before:.1f} before, {load_after:.1f} after "
           f"({os.cpu_count()} CPUs)\n")
-    header = (f"{'contender':30} {'b1 ms':>7} {'x TF':>6} {'b1 best':>8} "
+    header = (f"{'contender':36} {'b1 ms':>7} {'x TF':>6} {'b1 best':>8} "
               f"{f'b{BATCH} img/s':>10} {'x TF':>6} {'start-up s':>10}  parity vs TF")
     print(header)
     print("-" * len(header))
     for name, (_, startup) in contenders.items():
         latency = statistics.median(latencies[name])
         rate = BATCH / statistics.median(batch_times[name])
-        print(f"{name:30} {latency * 1e3:7.1f} {latency / tf_latency:6.2f} "
+        print(f"{name:36} {latency * 1e3:7.1f} {latency / tf_latency:6.2f} "
               f"{min(latencies[name]) * 1e3:8.1f} {rate:10.1f} {rate / tf_rate:6.2f} "
               f"{startup:10.1f}  {'ok' if parity[name].passed else 'FAIL'} "
               f"(max |diff| {parity[name].max_abs_diff:.2g})")

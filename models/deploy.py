@@ -11,6 +11,10 @@ The AuxLogits head is dropped (``forward`` never uses it). Works for every model
 ``models.layers.BasicConv2d`` (conv + BN + ReLU) and plain convs (Inception-ResNet's up convs,
 which keep their bias and run in channels_last as they are).
 
+On a CPU shared with other processes, run with ``OMP_WAIT_POLICY=PASSIVE`` set before torch
+loads: libgomp's default spin-waiting makes every op wait for the thread that lost its core
+(several times slower; ``bench/deploy_under_load.py``).
+
 Not used: ``torch.compile`` (with weight freezing) measured no faster here, slower at batch 1,
 and costs 45-70 s of compilation and a C++ compiler; TorchScript freezing was slower too.
 """

@@ -36,13 +36,15 @@ class Engine:
     def label(self) -> str:
         return f"{self.title} {version(self.package)} ({self.mode})"
 
-    def load(self, path: Path, threads: int | None = None) -> Run:
+    def load(self, path: Path, threads: int | None = None, spin: bool = True) -> Run:
         """A runner of the graph at ``path``; ``threads``: intra-op threads (default: the
-        engine's own choice). PortError naming the file if the engine refuses it."""
+        engine's own choice); ``spin=False``: waiting threads sleep instead of spinning (ONNX
+        Runtime's ``allow_spinning``; OpenVINO's TBB threads do not spin-wait). PortError naming
+        the file if the engine refuses it."""
         if not self.installed():
             raise PortError(f"{self.name}: not installed (pip install 'tf-porting[onnx]')")
         try:
-            return _LOADERS[self.name](Path(path), threads)
+            return _LOADERS[self.name](Path(path), threads, spin)
         except PortError:
             raise
         except Exception as err:  # the engines raise their own kinds for a graph they refuse
@@ -51,13 +53,15 @@ class Engine:
                             f"{first})") from err
 
 
-def _onnxruntime(path: Path, threads: int | None) -> Run:
+def _onnxruntime(path: Path, threads: int | None, spin: bool) -> Run:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
@@ -68,7 +72,7 @@ def _onnxruntime(path: Path, threads: int | None) -> Run:
     return run
 
 
-def _openvino(path: Path, threads: int | None) -> Run:
+def _openvino(path: Path, threads: int | None, spin: bool) -> Run:
     import openvino as ov
 
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
