@@ -3,8 +3,8 @@ architectures in ONNX Runtime and OpenVINO against TF's outputs on the photos (a
 10), the static average-pool check, reproducible bytes, and negative controls for each claim.
 
 The references are the session's TF outputs (TF-Slim's graph for Inception v3, Keras + TF's aux
-head for Inception-ResNet-v2) stored as golden files: no TF graph is rebuilt here, except one
-``--src`` run on one image that proves the checkpoint path is wired.
+head for Inception-ResNet-v2) stored as golden files: no TF graph is rebuilt here (``--src``
+shares ``porting.verify.open_reference`` with the .pth tests).
 """
 from __future__ import annotations
 
@@ -162,11 +162,17 @@ def test_a_pool_fed_by_an_explicit_pad_is_caught():
     assert count == 1 and "fed by Pad pad" in str(findings[0])
 
 
-def test_per_end_point_export_names_the_first_diverging_layer(ported_files, synthetic_ckpt,
-                                                               tmp_path):
-    """``export --end-points`` + a sabotaged Mixed_6c weight, verified against TF-Slim's graph on
-    the checkpoint (--src, one image, ONNX Runtime): the 12 end points before Mixed_6c pass and
-    Mixed_6c is named as the first divergence."""
+def test_per_end_point_export_names_the_first_diverging_layer(ported_files, tf_model, photos,
+                                                               synthetic_ckpt, tmp_path):
+    """``export --end-points`` + a sabotaged Mixed_6c weight, against TF-Slim's end points on
+    one photo (ONNX Runtime): the 12 end points before Mixed_6c pass and Mixed_6c is named as
+    the first divergence."""
+    from models.spec import get_architecture
+
+    spec = get_architecture("inception_v3")
+    names, images = photos
+    goldens = _goldens(tmp_path / "goldens.h5", (names[:1], images[:1]),
+                       tf_model(images[:1], spec.end_points), synthetic_ckpt, spec.name)
     result = export_weights(ported_files["fold-bn"], tmp_path / "out" / "ends.onnx",
                             end_points=True)
     assert result.outputs[0] == "Conv2d_1a_3x3" and result.outputs[-1] == "Logits"
@@ -177,7 +183,7 @@ def test_per_end_point_export_names_the_first_diverging_layer(ported_files, synt
                       if t.name.endswith("Mixed_6c.branch1x1.conv.weight"))
         weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.05, weight.name))
 
-    cli = _run("verify", "--src", synthetic_ckpt, "--count", 1, "--engine", "onnxruntime",
+    cli = _run("verify", "--goldens", goldens, "--engine", "onnxruntime",
                "--weights", _edited(result.written.path, tmp_path, sabotage))
     assert cli.exit_code == 1, cli.output
     assert "batch 1: first divergence at Mixed_6c" in cli.stderr
