@@ -12,6 +12,10 @@ The AuxLogits head is dropped (``forward`` never uses it). Works for every model
 up convs, ResNet v2's biased convs: they keep their bias and run in channels_last as they are)
 and batch norms of their own (ResNet v2's pre-activations: kept, in channels_last).
 
+On a CPU shared with other processes, run with ``OMP_WAIT_POLICY=PASSIVE`` set before torch
+loads: libgomp's default spin-waiting makes every op wait for the thread that lost its core
+(several times slower; ``bench/deploy_under_load.py``).
+
 Not used: ``torch.compile`` (with weight freezing) measured no faster here, slower at batch 1,
 and costs 45-70 s of compilation and a C++ compiler; TorchScript freezing was slower too.
 """
@@ -54,12 +58,11 @@ def _channels_last_input(module, args):
     return (args[0].contiguous(memory_format=torch.channels_last),)
 
 
-def deploy_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn.Module:
-    """A fast inference copy of a ported model (plain or folded) or of a ported state dict.
-
-    Call it under ``torch.inference_mode()`` or ``torch.no_grad()``. The input model is left
-    untouched; the result has no AuxLogits and is not meant to be saved.
-    """
+def folded_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn.Module:
+    """An eval-mode copy of a ported model (plain or folded) or of a ported state dict, every
+    batch norm folded into its conv and the AuxLogits head dropped: plain PyTorch modules only,
+    what ``deploy_model`` speeds up and ``models.export`` writes to ONNX. The input model is
+    left untouched."""
     if isinstance(model_or_state_dict, nn.Module):
         model = copy.deepcopy(model_or_state_dict)
     else:
@@ -69,7 +72,16 @@ def deploy_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn
         if isinstance(module, BasicConv2d) and isinstance(module.bn, nn.BatchNorm2d):
             module.fold_bn_()
     model.fold_bn = True
-    model = model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    return model.eval().requires_grad_(False)
+
+
+def deploy_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn.Module:
+    """A fast inference copy of a ported model (plain or folded) or of a ported state dict.
+
+    Call it under ``torch.inference_mode()`` or ``torch.no_grad()``. The input model is left
+    untouched; the result has no AuxLogits and is not meant to be saved.
+    """
+    model = folded_model(model_or_state_dict).to(memory_format=torch.channels_last)
     model.register_forward_pre_hook(_channels_last_input)
     if not torch.backends.mkldnn.is_available():
         return model

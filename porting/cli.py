@@ -95,6 +95,12 @@ def _max_unpacked_option():
                              "largest release unpacks to ~230 MB).")
 
 
+def _engine_choice():
+    from porting.engines import ENGINES
+
+    return click.Choice(list(ENGINES))
+
+
 def _preprocess_choice():
     from porting.preprocess import METHODS
 
@@ -292,7 +298,8 @@ def _inspect(opened, no_aux: bool, ema: bool, arch: str | None) -> None:
 @click.option("--src", metavar="CKPT", type=click.Path(),
               help="Source checkpoint: TF-Slim's graph runs on it (needs TensorFlow).")
 @click.option("--weights", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Ported .pth to check (loaded with weights_only=True).")
+              help="Ported .pth/.safetensors file to check (loaded with weights_only=True), or an "
+                   "ONNX graph from `port-weights export`.")
 @click.option("--goldens", metavar="FILE.h5", type=click.Path(dir_okay=False),
               help="Reference recorded with --record-goldens, instead of --src: no TensorFlow needed.")
 @click.option("--images", "images_dir", metavar="DIR", type=click.Path(file_okay=False),
@@ -314,10 +321,13 @@ def _inspect(opened, no_aux: bool, ema: bool, arch: str | None) -> None:
               help="Store the inputs, TF-Slim's end points and the checkpoint's sha256 in HDF5.")
 @click.option("--json", "json_path", metavar="REPORT", type=click.Path(dir_okay=False),
               help="Also write the report as JSON.")
+@click.option("--engine", "engines", multiple=True, type=_engine_choice(),
+              help="For an exported .onnx --weights file: run it in this engine (repeatable)  "
+                   "[default: every installed one of onnxruntime, openvino]")
 @_arch_option("--src")
 @handles_errors
 def verify(src, weights, goldens, images_dir, count, float64, gradients, label, ema,
-           record_goldens, json_path, arch):
+           record_goldens, json_path, engines, arch):
     """Show that a ported file computes what TensorFlow computes, end point by end point.
 
     \b
@@ -337,12 +347,18 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
       port-weights verify --src CKPT --record-goldens goldens.h5 --count 2
       port-weights verify --goldens goldens.h5 --weights FILE      (no TensorFlow needed)
 
+    \b
+    An exported graph (--weights NAME.onnx, from `port-weights export`) runs in ONNX Runtime
+    and OpenVINO (--engine), each at batch 1 and batch 10, with the same bounds; its ONNX
+    metadata says the architecture and classes. Every AveragePool is also checked statically:
+    one that counts padding where TF's SAME pool does not fails, named.
+
     Exit 0 when every check passes, 1 with a one-line verdict when one fails.
     """
     from pathlib import Path
 
     from porting.files import check_target, write_json
-    from porting.verify import UsageProblem, VerifyRequest, run
+    from porting.verify import UsageProblem, VerifyRequest
 
     def path(value):
         return None if value is None else Path(value)
@@ -350,20 +366,24 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     request = VerifyRequest(
         weights=path(weights), src=path(src), goldens=path(goldens), images_dir=path(images_dir),
         image_count=count, float64=float64, gradients=gradients, label=label, ema=ema,
-        record_goldens=path(record_goldens), arch=arch)
+        record_goldens=path(record_goldens), arch=arch, engines=engines or None)
     try:
         request.check()
     except UsageProblem as err:
         raise click.UsageError(str(err)) from err
+    if request.onnx:
+        from porting.onnx_verify import run
+    else:
+        from porting.verify import run
     if json_path:  # refused before any work, and again when written
         check_target(Path(json_path), request.inputs())
     report = run(request, progress=_progress_line)
-    if report.end_points:
+    if report.compared:
         click.echo("\n".join(report.table()))
     if report.goldens_written:
         click.echo(f"goldens  {report.goldens_written}")
     if report.manifest:
-        outcome = "passed" if report.end_points["Logits"].passed else "FAILED"
+        outcome = "passed" if report.manifest_parity.passed else "FAILED"
         click.echo(f"manifest {report.manifest} (Logits parity recorded: {outcome})")
     elif report.manifest_skipped:
         click.echo(f"manifest not updated: {report.manifest_skipped}")
@@ -380,6 +400,51 @@ def _progress_line(phase: str, done: int, total: int) -> None:
     """One self-overwriting progress line on stderr, only when it is a terminal."""
     if sys.stderr.isatty():
         click.echo(f"\r{phase}: {done}/{total} images", err=True, nl=done == total)
+
+
+@main.command()
+@click.option("--weights", required=True, metavar="FILE", type=click.Path(dir_okay=False),
+              help="Ported .pth or .safetensors file (plain or --fold-bn, any classes).")
+@click.option("--dst", required=True, type=click.Path(dir_okay=False), metavar="NAME.onnx",
+              help="Requested output name; the graph is written as NAME-<sha256[:8]>.onnx, "
+                   "with NAME-<sha256[:8]>.json, its manifest, beside it.")
+@click.option("--input-size", type=click.IntRange(min=75), metavar="PIXELS",
+              help="Fixed height and width of the graph's input  [default: the "
+                   "architecture's evaluation size; verify needs that size]")
+@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True,
+              help="ONNX opset of the graph.")
+@click.option("--end-points", is_flag=True,
+              help="Also output every TF-Slim end point (NCHW feature maps), so that `verify` "
+                   "names the first layer where the graph diverges; for debugging an export.")
+@click.option("--force", is_flag=True, help="Replace an existing output file with different contents.")
+@handles_errors
+def export(weights, dst, input_size, opset, end_points, force):
+    """Export a ported file to ONNX for ONNX Runtime, OpenVINO and other engines.
+
+    \b
+    The graph is the deploy model: every batch norm folded into its conv, no AuxLogits head,
+    input `images` [batch, 3, H, W] float32 NCHW in [-1, 1] with a dynamic batch axis,
+    output `Logits` [batch, classes]. Its ONNX metadata (keys tf_porting.*) and the manifest
+    beside it record the architecture, the classes (TF-Slim's background class kept at index 0
+    or dropped), the preprocessing recipe and the source file's sha256. The same weights and
+    options always give the same bytes. Check it against TensorFlow with:
+
+    \b
+      port-weights verify --src CKPT --weights NAME-<sha256[:8]>.onnx
+    """
+    from porting.onnx_export import export_weights
+
+    result = export_weights(weights, dst, input_size=input_size, opset=opset,
+                            end_points=end_points, force=force)
+    meta, written = result.metadata, result.written
+    click.echo(f"model    {meta['title']} ({meta['architecture']}), {meta['num_classes']} "
+               f"classes, background class {meta['background_class'].split(':')[0]}")
+    click.echo(f"graph    {meta['input_shape']} -> {', '.join(result.outputs)}; "
+               f"{meta['exporter']}")
+    state = "unchanged, already there" if written.unchanged else "written"
+    click.echo(f"output   {written.path} ({state})")
+    click.echo(f"sha256   {written.sha256}")
+    click.echo(f"manifest {result.manifest}")
 
 
 @main.command()

@@ -64,6 +64,16 @@ class Report:
     def passed(self) -> bool:
         return self.first_divergence is None and (self.gradients is None or self.gradients.passed)
 
+    @property
+    def compared(self) -> bool:
+        """Whether anything was compared (not only goldens recorded)."""
+        return bool(self.end_points)
+
+    @property
+    def manifest_parity(self) -> Parity:
+        """What ``verify`` records in the weights' manifest: the Logits parity."""
+        return self.end_points["Logits"]
+
     def verdict(self) -> str:
         n = len(self.images)
         if not self.end_points:
@@ -146,20 +156,32 @@ def compare_end_points(model: torch.nn.Module, images: np.ndarray, reference: Re
 
     ``first_class=1`` compares 1000-class outputs with TF's logits[:, 1:] (background dropped).
     """
-    spec = architecture_of_model(model)
+    return compare_outputs(architecture_of_model(model), functools.partial(torch_end_points, model),
+                           images, reference, first_class=first_class, float64=float64,
+                           batch_size=batch_size, progress=progress, reference_name=reference_name)
+
+
+def compare_outputs(spec: Architecture, ours: Callable[[np.ndarray], dict], images: np.ndarray,
+                    reference: Reference, *, first_class: int = 0, float64: bool = False,
+                    batch_size: int = 2, progress=None,
+                    reference_name: str = "reference") -> dict[str, Parity]:
+    """``compare_end_points`` for any runner: ``ours(NHWC images)`` -> {end point: array, 4-D
+    ones NHWC} (a PyTorch model, or an exported graph in an inference engine)."""
     results: dict[str, Parity] = {}
     for start in range(0, len(images), batch_size):
         stop = min(start + batch_size, len(images))
         expected = reference(start, stop)
-        ours = torch_end_points(model, images[start:stop])
+        computed = ours(images[start:stop])
         for name in spec.end_points:
-            if name in ours and name in expected:
+            if name in computed and name in expected:
                 scores = name in spec.logits_end_points
                 ref = expected[name][:, first_class:] if scores else expected[name]
-                if ours[name].shape != ref.shape:  # goldens of another model, or damaged
+                if computed[name].shape != ref.shape:  # goldens of another model, or damaged
                     raise PortError(f"{reference_name}: end point {name} has shape "
-                                    f"{list(ref.shape)}, the weights give {list(ours[name].shape)}")
-                parity = compare(ours[name], ref, relative_tolerance(spec, name, float64), scores)
+                                    f"{list(ref.shape)}, the weights give "
+                                    f"{list(computed[name].shape)}")
+                parity = compare(computed[name], ref, relative_tolerance(spec, name, float64),
+                                 scores)
                 results[name] = results[name].merge(parity) if name in results else parity
         if progress is not None:
             progress(stop, len(images))
@@ -169,15 +191,20 @@ def compare_end_points(model: torch.nn.Module, images: np.ndarray, reference: Re
 def first_class_for(weights: Path, model, source: SourceInfo) -> int:
     """0 or the label offset: where the file's classes start among the checkpoint's; PortError
     if the file cannot be a port of the checkpoint (other architecture, other classes)."""
-    spec = architecture_of_model(model)
+    return first_class_of(weights, architecture_of_model(model), model.num_classes, source)
+
+
+def first_class_of(weights: Path, spec: Architecture, num_classes: int,
+                   source: SourceInfo) -> int:
+    """``first_class_for`` given the file's architecture and number of classes."""
     if spec.name != source.architecture:
         raise PortError(f"{weights}: is {spec.title}; it cannot be a port of {source.checkpoint} "
                         f"({get_architecture(source.architecture).title})")
-    if model.num_classes == source.num_classes:
+    if num_classes == source.num_classes:
         return 0
-    if model.num_classes == source.num_classes - spec.eval.label_offset:
+    if num_classes == source.num_classes - spec.eval.label_offset:
         return spec.eval.label_offset
-    raise PortError(f"{weights}: has {model.num_classes} classes; it cannot be a port of "
+    raise PortError(f"{weights}: has {num_classes} classes; it cannot be a port of "
                     f"{source.checkpoint} ({source.num_classes} classes)")
 
 
@@ -199,6 +226,7 @@ class VerifyRequest:
     record_goldens: Path | None = None
     arch: str | None = None           # force the checkpoint's architecture
     batch_size: int = 2
+    engines: tuple[str, ...] | None = None  # an .onnx file: where to run it (default: all)
 
     def inputs(self) -> tuple[Path, ...]:
         """The files this request reads, which no output of it may replace: the weights and
@@ -226,6 +254,17 @@ class VerifyRequest:
         if self.weights is None and self.record_goldens is None:
             raise UsageProblem("nothing to do: give --weights FILE to verify, or "
                                "--record-goldens FILE.h5")
+        if self.onnx and (self.float64 or self.gradients or self.record_goldens):
+            raise UsageProblem("--float64, --gradients and --record-goldens need a ported "
+                               ".pth/.safetensors file: an ONNX export is float32 and runs "
+                               "forward only")
+        if self.engines and not self.onnx:
+            raise UsageProblem("--engine runs an exported .onnx --weights file")
+
+    @property
+    def onnx(self) -> bool:
+        """Whether the weights are an exported ONNX graph (``porting.onnx_verify`` runs it)."""
+        return self.weights is not None and self.weights.suffix == ".onnx"
 
 
 def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.ExitStack):
@@ -253,10 +292,59 @@ def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.Exi
     return info, tf_model, spec
 
 
-def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
-    """Verify ``request.weights`` (and/or record goldens) as the CLI's ``verify`` describes."""
+@dataclass
+class OpenedReference:
+    """What a verification compares with: the source facts, the input images and their names,
+    the reference's end points by image range, and what it is, in words."""
+    source: SourceInfo
+    images: np.ndarray
+    names: list[str]
+    reference: Reference
+    described: str
+    tf_model: object | None = None        # the TF oracle (--src), for --gradients
+    recorder: GoldenRecorder | None = None
+
+    def finish_recording(self) -> Path | None:
+        """Move the recorded golden file into place (when recording); its path."""
+        if self.recorder is None:
+            return None
+        written, self.recorder = self.recorder.finish(), None
+        return written
+
+
+def open_reference(request: VerifyRequest, dtype: str, stack: contextlib.ExitStack,
+                   end_points: tuple[str, ...] | None = None) -> OpenedReference:
+    """The goldens or the TF oracle on ``request.src`` (asked for ``end_points``, default all
+    of the architecture's; all of them when recording goldens), kept open on ``stack``."""
     from porting.photos import load_photos
 
+    if request.goldens is not None:
+        goldens = Goldens(request.goldens)
+        stack.callback(goldens.close)
+        source = goldens.source
+        if source.dtype != dtype:
+            raise PortError(f"{request.goldens}: recorded in {source.dtype}; verify with"
+                            f"{' --float64' if source.dtype == 'float64' else 'out --float64'}")
+        return OpenedReference(source, goldens.inputs[:request.image_count],
+                               goldens.names[:request.image_count], goldens.reference,
+                               f"goldens {request.goldens}")
+    source, tf_model, spec = _checkpoint_source(request, dtype, stack)
+    names, images = load_photos(request.image_count, request.images_dir, config=spec.eval)
+    images = images.astype(dtype)
+    if end_points is None or request.record_goldens is not None:
+        end_points = spec.end_points
+    reference = functools.partial(_tf_end_points, tf_model, end_points, images)
+    opened = OpenedReference(source, images, names, reference,
+                             f"{spec.oracle_name} on {source.checkpoint}", tf_model)
+    if request.record_goldens is not None:
+        opened.recorder = GoldenRecorder(request.record_goldens, images, names, source)
+        stack.callback(lambda: opened.recorder and opened.recorder.abandon())
+        opened.reference = opened.recorder.recording(reference)
+    return opened
+
+
+def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
+    """Verify ``request.weights`` (and/or record goldens) as the CLI's ``verify`` describes."""
     request.check()
     if request.record_goldens is not None:  # before any work: refused targets fail fast
         if is_stream(request.record_goldens):
@@ -273,29 +361,10 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
                             "verify it in float32")
         model = model.to(getattr(torch, dtype))
 
-    tf_model = recorder = None
     with contextlib.ExitStack() as stack:
-        if request.goldens is not None:
-            goldens = Goldens(request.goldens)
-            stack.callback(goldens.close)
-            source = goldens.source
-            images, names = goldens.inputs[:request.image_count], goldens.names[:request.image_count]
-            if source.dtype != dtype:
-                raise PortError(f"{request.goldens}: recorded in {source.dtype}; verify with"
-                                f"{' --float64' if source.dtype == 'float64' else 'out --float64'}")
-            reference, described = goldens.reference, f"goldens {request.goldens}"
-        else:
-            source, tf_model, spec = _checkpoint_source(request, dtype, stack)
-            names, images = load_photos(request.image_count, request.images_dir,
-                                        config=spec.eval)
-            images = images.astype(dtype)
-            reference = functools.partial(_tf_end_points, tf_model, spec, images)
-            described = f"{spec.oracle_name} on {source.checkpoint}"
-            if request.record_goldens is not None:
-                recorder = GoldenRecorder(request.record_goldens, images, names, source)
-                stack.callback(lambda: recorder and recorder.abandon())
-                reference = recorder.recording(reference)
-
+        ref = open_reference(request, dtype, stack)
+        source, images, names, reference = ref.source, ref.images, ref.names, ref.reference
+        tf_model, described = ref.tf_model, ref.described
         report = Report(None if request.weights is None else str(request.weights), described,
                         names, dtype, source.architecture)
         if model is None:  # only recording
@@ -327,22 +396,21 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
                     relative_tolerance=(FLOAT64_RELATIVE_TOLERANCE if request.float64
                                         else FLOAT32_RELATIVE_TOLERANCE),
                     batch_size=request.batch_size, progress=step)
-        if recorder is not None:
-            report.goldens_written = recorder.finish()
-            recorder = None
+        report.goldens_written = ref.finish_recording()
         if model is not None:
-            report.manifest, report.manifest_skipped = record_manifest_parity(request.weights,
-                                                                              report)
+            report.manifest, report.manifest_skipped = record_manifest_parity(
+                request.weights, report.manifest_parity, f"{report.reference} ({report.dtype})")
         return report
 
 
-def _tf_end_points(tf_model, spec: Architecture, images: np.ndarray, start: int,
+def _tf_end_points(tf_model, end_points: tuple[str, ...], images: np.ndarray, start: int,
                    stop: int) -> dict:
-    return tf_model(images[start:stop], spec.end_points)
+    return tf_model(images[start:stop], end_points)
 
 
-def record_manifest_parity(weights: Path, report: Report) -> tuple[Path | None, str | None]:
-    """Record the report's Logits parity, passed or failed, in the manifest ``port`` wrote
+def record_manifest_parity(weights: Path, parity: Parity,
+                           reference: str) -> tuple[Path | None, str | None]:
+    """Record a Logits parity, passed or failed, in the manifest ``port`` (or ``export``) wrote
     beside ``weights`` (and refresh its model card, if there is one).
 
     Returns (manifest updated, None), or (None, why a file there was left alone), or
@@ -362,8 +430,7 @@ def record_manifest_parity(weights: Path, report: Report) -> tuple[Path | None, 
         return None, f"{path} describes another file (sha256 {str(described)[:12]}...)"
     card = sidecar(weights, ".md")
     try:
-        record_parity(path, report.end_points["Logits"], f"{report.reference} ({report.dtype})",
-                      card if card.is_file() else None)
+        record_parity(path, parity, reference, card if card.is_file() else None)
     except PortError as err:  # e.g. read-only: the report stands, the manifest is unchanged
         return None, str(err)
     return path, None

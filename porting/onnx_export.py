@@ -1,0 +1,163 @@
+"""``port-weights export``: a ported weights file as a hashed, self-describing ONNX graph.
+
+``NAME.onnx`` is written as ``NAME-<sha256[:8]>.onnx`` with its manifest ``NAME-<sha256[:8]>.json``
+beside it, both through one ``porting.files.Outputs`` transaction (all or nothing, never
+replacing an input, a link or a non-regular file). The graph is the BN-folded model without the
+aux head (``models.export``); what it computes and how to feed it is in its ONNX metadata
+(``porting.onnx_graph``) and in the manifest. Two exports of the same weights with the same
+options give the same bytes (torch's TorchScript exporter is deterministic; tested).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from porting.errors import PortError
+from porting.files import Outputs, cannot_write, sha256_file
+from porting.manifest import MANIFEST_VERSION, sidecar, stage_sidecar, tool_version
+from porting.onnx_graph import PREFIX, with_metadata
+from porting.writer import Written, hashed_path
+
+SUFFIX = ".onnx"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    written: Written
+    manifest: Path
+    metadata: dict[str, str]
+    outputs: tuple[str, ...]
+
+
+def classes_meaning(spec, num_classes: int) -> tuple[int, str]:
+    """(label offset, the background-class choice in words) of a graph with ``num_classes``
+    outputs."""
+    offset = spec.eval.label_offset
+    if offset and num_classes == spec.eval.num_classes:
+        return offset, (f"kept: output 0 is TF-Slim's background class, outputs {offset}.."
+                        f"{num_classes - 1} the ImageNet-1k classes")
+    if offset and num_classes == spec.eval.num_classes - offset:
+        return 0, (f"dropped: output i is TF-Slim's class i + {offset} (timm's layout, "
+                   "ImageNet-1k order)")
+    return 0, "none: the source had no background class"
+
+
+def graph_metadata(spec, num_classes: int, input_size: int, weights: Path, sha256: str,
+                   outputs: tuple[str, ...], opset: int) -> dict[str, str]:
+    import torch
+
+    prep = spec.eval
+    offset, background = classes_meaning(spec, num_classes)
+    return {
+        "architecture": spec.name,
+        "title": spec.title,
+        "num_classes": str(num_classes),
+        "label_offset": str(offset),
+        "background_class": background,
+        "input": "images",
+        "input_layout": "NCHW",
+        "input_size": str(input_size),
+        "input_shape": f"[batch, 3, {input_size}, {input_size}] float32 {prep.color}",
+        "value_range": json.dumps(list(prep.value_range)),
+        "mean": json.dumps(list(prep.mean)),
+        "std": json.dumps(list(prep.std)),
+        "preprocessing": prep.recipe,
+        "outputs": ",".join(outputs),
+        "aux_logits": "dropped (the AuxLogits head is a training aid; forward never uses it)",
+        "batch_norm": "folded into the convolutions (float64 math, rounded once to float32)",
+        "source_weights": weights.name,
+        "source_sha256": sha256,
+        "exporter": f"torch.onnx (TorchScript) torch {torch.__version__.split('+')[0]}, "
+                    f"opset {opset}",
+        "tool": f"tf-porting {tool_version()}",
+    }
+
+
+def export_weights(weights: str | Path, dst: str | Path, input_size: int | None = None,
+                   opset: int | None = None, end_points: bool = False,
+                   force: bool = False) -> ExportResult:
+    """Export the ported file ``weights`` (.pth or .safetensors) to ``dst``'s hashed sibling."""
+    from models.export import OPSET, export_onnx
+    from models.spec import architecture_of_model
+    from porting.weights import load_ported
+
+    weights, dst = Path(weights), Path(dst)
+    opset = opset or OPSET
+    if dst.name in ("", ".", ".."):
+        raise PortError(f"{str(dst)!r}: --dst needs a file name")
+    if dst.suffix not in ("", SUFFIX):
+        raise PortError(f"{dst}: output name must end in {SUFFIX}")
+    dst = dst.with_suffix(SUFFIX)
+    if weights.suffix == SUFFIX:
+        raise PortError(f"{weights}: is an ONNX graph already; export takes a ported .pth or "
+                        ".safetensors file")
+    inputs = (weights, sidecar(weights, ".json"), sidecar(weights, ".md"))
+    with Outputs(inputs) as outputs:
+        outputs.check(dst)  # before any work: refused targets fail fast
+        model = load_ported(weights)
+        spec = architecture_of_model(model)
+        input_size = input_size or spec.eval.input_size
+        payload, names = export_onnx(model, input_size, opset, end_points)
+        source_sha256 = sha256_file(weights)
+        metadata = graph_metadata(spec, model.num_classes, input_size, weights, source_sha256,
+                                  names, opset)
+        payload = with_metadata(payload, metadata,
+                                f"{spec.title} ported from TF-Slim by tf-porting; the "
+                                f"{PREFIX}* metadata says how to feed it and what its "
+                                "outputs mean")
+        written = _stage(outputs, dst, payload, force)
+        manifest = _manifest(weights, source_sha256, written, metadata, names, opset,
+                             end_points, spec.name, model.num_classes, input_size)
+        manifest_path = sidecar(written.path, ".json")
+        stage_sidecar(outputs, manifest_path, manifest, written.sha256, force)
+        outputs.commit(last=written.path)
+    return ExportResult(written, manifest_path, metadata, names)
+
+
+def _stage(outputs: Outputs, dst: Path, payload: bytes, force: bool) -> Written:
+    import hashlib
+
+    sha256 = hashlib.sha256(payload).hexdigest()
+    final = hashed_path(dst, sha256)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise cannot_write(final, err) from err
+    outputs.check(final)
+    if final.exists():
+        if final.is_file() and sha256_file(final) == sha256:
+            return Written(final, sha256, unchanged=True, size=len(payload))
+        if not force:
+            raise PortError(f"{final}: exists with different contents; pass --force to replace it")
+    outputs.add(final, payload)
+    return Written(final, sha256, unchanged=False, size=len(payload))
+
+
+def _manifest(weights: Path, source_sha256: str, written: Written, metadata: dict,
+              names: tuple[str, ...], opset: int, end_points: bool, architecture: str,
+              num_classes: int, input_size: int) -> dict:
+    source_manifest = sidecar(weights, ".json")
+    ported_from = None
+    if source_manifest.is_file():
+        try:
+            recorded = json.loads(source_manifest.read_text())
+            if recorded["output"]["sha256"] == source_sha256:
+                ported_from = recorded["source"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not this file's manifest: the export stands on the weights' own digest
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "tool": {"name": "tf-porting", "version": tool_version()},
+        "source": {"weights": weights.name, "bytes": weights.stat().st_size,
+                   "sha256": source_sha256, "ported_from": ported_from},
+        "output": {"file": written.path.name, "format": "onnx", "bytes": written.size,
+                   "sha256": written.sha256, "onnx_metadata": metadata},
+        "options": {"architecture": architecture, "num_classes": num_classes, "aux": False,
+                    "fold_bn": True, "input_size": input_size, "dynamic_batch": True,
+                    "opset": opset, "outputs": list(names), "end_points": end_points,
+                    "exporter": metadata["exporter"],
+                    "onnx": version("onnx")},
+        "parity": None,
+    }
