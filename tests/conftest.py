@@ -16,6 +16,44 @@ VARIANTS = {
 }
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Start TF-Slim's side of the ResNet tests (``resnet_references.py``) in a process of its
+    own as soon as they are collected, so that it runs beside the rest of the suite."""
+    if any("case" in getattr(item, "fixturenames", ()) and item.module.__name__ == "test_resnet"
+           for item in items):
+        import subprocess
+        import sys
+        import tempfile
+        from pathlib import Path
+
+        outdir = Path(tempfile.mkdtemp(prefix="resnet-references-"))
+        log = open(outdir / "log.txt", "w")
+        config.resnet_references = outdir, subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("resnet_references.py")), str(outdir)],
+            stdout=log, stderr=subprocess.STDOUT)
+
+
+def pytest_unconfigure(config):
+    started = getattr(config, "resnet_references", None)
+    if started is not None:
+        import shutil
+
+        outdir, process = started
+        process.kill()
+        process.wait()
+        shutil.rmtree(outdir, ignore_errors=True)
+
+
+BATCH_1_IMAGES = 3  # batch-1 parity runs image by image on the first few photos (time)
+
+
+@pytest.fixture(scope="session")
+def batches(photos):
+    """{batch size: the photos parity runs at that batch size}: batch 10 on all ten, batch 1
+    on the first BATCH_1_IMAGES, each on its own."""
+    return {1: photos[1][:BATCH_1_IMAGES], len(photos[1]): photos[1]}
+
+
 @pytest.fixture(scope="session")
 def photos():
     """(names, NHWC float32 batch in [-1, 1]) of 10 real photos shipped with scikit-image."""
@@ -52,9 +90,9 @@ def tf_model(synthetic_ckpt):
 
 @pytest.fixture(scope="session")
 def tf_outputs(tf_model, photos):
-    """TF-Slim's Logits and AuxLogits on the photos: {batch_size: {end_point: array}}."""
+    """TF-Slim's Logits and AuxLogits: {batch_size: {end_point: array}} on ``batches``."""
     images = photos[1]
-    batch1 = [tf_model(images[i:i + 1]) for i in range(len(images))]
+    batch1 = [tf_model(images[i:i + 1]) for i in range(BATCH_1_IMAGES)]
     return {
         1: {k: np.concatenate([b[k] for b in batch1]) for k in batch1[0]},
         len(images): tf_model(images),
@@ -146,9 +184,10 @@ def irv2_reference(irv2, photos):
     try:
         out = {}
         for batch in (1, len(images)):
+            count = BATCH_1_IMAGES if batch == 1 else len(images)
             chunks = [(np.asarray(keras_model(images[i:i + batch], training=False)),
                        reference(images[i:i + batch]))
-                      for i in range(0, len(images), batch)]
+                      for i in range(0, count, batch)]
             out[batch] = {"keras": np.concatenate([k for k, _ in chunks]),
                           **{name: np.concatenate([r[name] for _, r in chunks])
                              for name in ("Logits", "AuxLogits")}}

@@ -47,8 +47,8 @@ def test_keras_tells_the_photos_apart_and_the_checkpoint_reproduces_it(irv2_refe
 
 @pytest.mark.parametrize("batch_size", [1, 10])
 @pytest.mark.parametrize("variant", list(IRV2_VARIANTS))
-def test_logits_match_keras(variant, batch_size, models_by_variant, irv2_reference, photos):
-    ours = torch_outputs(models_by_variant[variant], photos[1], batch_size)
+def test_logits_match_keras(variant, batch_size, models_by_variant, irv2_reference, batches):
+    ours = torch_outputs(models_by_variant[variant], batches[batch_size], batch_size)
     expected = _reference(irv2_reference[batch_size], variant)
     assert set(ours) == set(expected)
     for end_point, ref in expected.items():

@@ -6,12 +6,15 @@ TF-Slim's logits at batch 1 and 10, at two input sizes where TF's SAME max pool 
 The 50-layer nets run at their release sizes (v2: 299 and 301, v1: 224 and 225); 101 and 152 at
 128 and 129 px, to keep the suite's time (the issue allows reduced cost for them): their name
 maps are still checked in full, as each port consumes every variable of TF-Slim's checkpoint.
+TF-Slim's side (checkpoints and outputs) is computed by ``resnet_references.py`` in a process
+started when these tests are collected (conftest), beside the rest of the suite.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,61 +29,53 @@ from models.spec import get_architecture
 from porting.cli import main
 from porting.convert import PortOptions
 from porting.parity import compare, torch_outputs
-from porting.photos import load_photos
+from resnet_references import ARCHS, BATCH_1_IMAGES, FULL_SIZE, sizes
 from porting.pipeline import port_checkpoint
 from porting.registry import load_registry
 from porting.verify import Report, compare_end_points
 from porting.weights import load_ported
-
-FULL_SIZE = {"resnet_v2_50": (299, 301), "resnet_v1_50": (224, 225)}
-REDUCED_SIZE = (128, 129)
-BATCH_1_IMAGES = 3
-ARCHS = ["resnet_v2_50", "resnet_v1_50", "resnet_v2_101", "resnet_v1_101", "resnet_v2_152",
-         "resnet_v1_152"]
-
 
 @dataclasses.dataclass
 class Case:
     spec: object
     checkpoint: Path
     images: dict          # input size -> NHWC photos preprocessed for the architecture
-    reference: object     # TF-Slim's graph on the checkpoint
+    reference: dict       # TF-Slim's outputs, from resnet_references.py
     weights: Path         # the port with the release's classes
-    _tf_logits: dict = dataclasses.field(default_factory=dict)
 
-    def tf_logits(self, size: int) -> np.ndarray:
-        """TF-Slim's logits on the photos at ``size``, at batch 10 (computed once)."""
-        if size not in self._tf_logits:
-            self._tf_logits[size] = _tf_logits(self.reference, self.images[size], 10)
-        return self._tf_logits[size]
+    def tf_logits(self, size: int, batch: int = 10) -> np.ndarray:
+        """TF-Slim's logits on the photos at ``size``: batch 10, or batch 1 (each of the first
+        BATCH_1_IMAGES photos on its own)."""
+        return self.reference[f"logits/{size}/{batch}"]
 
 
-def photos_at(spec, size: int) -> np.ndarray:
-    return load_photos(config=dataclasses.replace(spec.eval, input_size=size))[1]
+def _references(config, name: str) -> Path:
+    """The folder resnet_references.py wrote for ``name``, once it is there."""
+    outdir, process = config.resnet_references
+    folder = outdir / name
+    while not (folder / "done").exists():
+        if process.poll() is not None and not (folder / "done").exists():
+            pytest.fail(f"resnet_references.py failed (exit {process.returncode}):\n"
+                        + (outdir / "log.txt").read_text()[-3000:])
+        time.sleep(0.5)
+    return folder
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def case(request, tmp_path_factory):
     spec = get_architecture(request.param)
-    folder = tmp_path_factory.mktemp(spec.name)
-    images = {size: photos_at(spec, size) for size in FULL_SIZE.get(spec.name, REDUCED_SIZE)}
-    calibration = next(iter(images.values()))
-    checkpoint = spec.oracle_module().build_synthetic_checkpoint(
-        folder / f"{spec.name}.ckpt", calibration, v1_format=True)
-    reference = spec.oracle_module().Reference.for_checkpoint(checkpoint)
-    result = port_checkpoint(checkpoint, folder / f"{spec.name}.pth",
+    folder = _references(request.config, spec.name)
+    with np.load(folder / "reference.npz") as data:
+        reference = {key: data[key] for key in data.files}
+    images = {size: reference[f"images/{size}"] for size in sizes(spec.name)}
+    checkpoint = folder / f"{spec.name}.ckpt"
+    result = port_checkpoint(checkpoint, tmp_path_factory.mktemp(spec.name) / f"{spec.name}.pth",
                              PortOptions(num_classes=spec.eval.num_classes))
-    yield Case(spec, checkpoint, images, reference, result.written.path)
-    reference.close()
+    return Case(spec, checkpoint, images, reference, result.written.path)
 
 
 def _logits(model, images: np.ndarray, batch: int) -> np.ndarray:
     return torch_outputs(model, images, batch)["Logits"]
-
-
-def _tf_logits(reference, images: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([reference(images[i:i + batch], ("Logits",))["Logits"]
-                           for i in range(0, len(images), batch)])
 
 
 def test_port_matches_tf_slim_at_batch_1_and_10_at_two_sizes(case):
@@ -92,9 +87,7 @@ def test_port_matches_tf_slim_at_batch_1_and_10_at_two_sizes(case):
     for size, images in case.images.items():
         # batch 10, and batch 1 on the first BATCH_1_IMAGES photos (each run on its own)
         for batch, count in ((len(images), len(images)), (1, BATCH_1_IMAGES)):
-            ref = (case.tf_logits(size) if batch == len(images) else
-                   _tf_logits(case.reference, images[:count], batch))
-            parity = compare(_logits(model, images[:count], batch), ref)
+            parity = compare(_logits(model, images[:count], batch), case.tf_logits(size, batch))
             print(f"{case.spec.name} {size}px batch {batch}: {parity}")
             assert parity.passed, parity
             assert parity.top1_agree == parity.top5_agree == count
@@ -181,13 +174,13 @@ def test_verify_float64_and_a_sabotaged_file(case, tmp_path):
           "end points")
     assert data["passed"] and worst <= 1e-10
 
-    # a sabotaged file, against the session's TF graph (the CLI's path is tested for goldens)
+    # a sabotaged file, against TF-Slim's end points (the CLI's path is tested for goldens)
     model = load_ported(case.weights)
     model.block3.unit_2.conv2.bn.running_var.mul_(1.5)
     images = case.images[299][:2]
     report = Report(None, "TF-Slim", ["a", "b"], "float32", case.spec.name)
-    report.end_points = compare_end_points(
-        model, images, lambda start, stop: case.reference(images[start:stop], case.spec.end_points))
+    report.end_points = compare_end_points(model, images, lambda start, stop: {
+        name: case.reference[f"end_points/{name}"][start:stop] for name in case.spec.end_points})
     assert report.first_divergence == "resnet_v2_50/block3/unit_2/bottleneck_v2"
     assert "first divergence at resnet_v2_50/block3/unit_2/bottleneck_v2" in report.verdict()
     print(report.verdict())
