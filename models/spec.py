@@ -381,9 +381,10 @@ class Architecture:
 # --- finding architectures --------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
-def architectures() -> dict[str, Architecture]:
-    """Every architecture of the folders of ``models`` with a ``spec.py``, by name: a folder's
-    ``SPEC``, or its ``SPECS`` when one definition serves several (e.g. ResNet's depths)."""
+@lru_cache(maxsize=None)
+def _folders() -> dict[str, tuple[Architecture, ...]]:
+    """Each folder of ``models`` with a ``spec.py``, by package: its ``SPEC``, or its ``SPECS``
+    when one definition serves several (e.g. ResNet's depths)."""
     import models
 
     found = {}
@@ -395,19 +396,19 @@ def architectures() -> dict[str, Architecture]:
                 if err.name != f"models.{info.name}.spec":
                     raise
                 continue
-            for spec in getattr(module, "SPECS", None) or (module.SPEC,):
-                found[spec.name] = spec
-    return dict(sorted(found.items()))
+            found[f"models.{info.name}"] = tuple(getattr(module, "SPECS", None) or (module.SPEC,))
+    return found
+
+
+def architectures() -> dict[str, Architecture]:
+    """Every architecture of every folder (``_folders``), by name."""
+    return dict(sorted((spec.name, spec) for specs in _folders().values() for spec in specs))
 
 
 def representatives() -> tuple[str, ...]:
     """One architecture per folder (its ``SPEC``, or the first of its ``SPECS``): what the
     benchmarks run by default."""
-    first = {}
-    for spec in architectures().values():
-        module = import_module(f"{spec.package}.spec")
-        first.setdefault(spec.package, (getattr(module, "SPECS", None) or (module.SPEC,))[0].name)
-    return tuple(first.values())
+    return tuple(specs[0].name for specs in _folders().values())
 
 
 class UnknownArchitecture(LookupError):

@@ -22,8 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-FGSM_PIXELS = 2 / 255  # the FGSM step, as a fraction of the pixel range
-FGSM_EPSILON = 4 / 255  # that step on Inception's [-1, 1] inputs
+FGSM_PIXELS = 2 / 255  # the FGSM step, as a fraction of the pixel range (4/255 on [-1, 1])
 FLOAT32_RELATIVE_TOLERANCE = 0.1  # 3x the measured float32 noise floor (see above)
 
 
@@ -50,9 +49,10 @@ class GradientParity:
                 f"{self.tf_fgsm_agree}/{self.images} ({self.fooled} fooled)")
 
 
-def fgsm(images: np.ndarray, gradient: np.ndarray, epsilon: float = FGSM_EPSILON,
-         value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """One signed-gradient step up the loss, kept in the input range."""
+def fgsm(images: np.ndarray, gradient: np.ndarray, epsilon: float,
+         value_range: tuple[float, float]) -> np.ndarray:
+    """One signed-gradient step of ``epsilon`` (in the input's scale) up the loss, kept in the
+    input's ``value_range``."""
     return np.clip(images + epsilon * np.sign(gradient), *value_range).astype(images.dtype)
 
 

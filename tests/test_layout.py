@@ -43,3 +43,31 @@ def test_every_architecture_is_found_and_named_by_its_folder():
         assert spec.name == name and spec.model.startswith(f"{spec.package}.model:")
         assert name == folder or name.startswith(f"{folder}_")
         assert spec.classifier.module == spec.eval.classifier
+
+
+def _batch_norm_eps_mismatches(spec, model) -> list[str]:
+    """Every ``nn.BatchNorm2d`` of ``model`` whose epsilon is not its layer's in the table (the
+    converter folds with the table's): '<module>: eps <model's> != <table's>'; every batch norm
+    must belong to a table layer."""
+    found, covered = [], set()
+    for layer in spec.layers:
+        for name, module in model.get_submodule(layer.module).named_modules(prefix=layer.module):
+            if isinstance(module, torch.nn.BatchNorm2d):
+                covered.add(name)
+                if module.eps != layer.kind.bn_eps:
+                    found.append(f"{name}: eps {module.eps} != {layer.kind.bn_eps}")
+    norms = {name for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    return found + [f"{name}: in no layer of the table" for name in sorted(norms - covered)]
+
+
+@pytest.mark.parametrize("arch", list(architectures()))
+def test_batch_norm_epsilon_is_the_tables(arch):
+    spec = architectures()[arch]
+    model = create_model(spec, 1000, aux_logits=spec.has_aux, device="meta")
+    assert _batch_norm_eps_mismatches(spec, model) == []
+    # the check can fail: one batch norm with the other architectures' epsilon
+    layer = next(layer for layer in spec.layers if layer.kind.name.startswith("conv_bn"))
+    bn = model.get_submodule(layer.module).bn
+    bn.eps = 1e-3 if bn.eps != 1e-3 else 1e-5
+    assert _batch_norm_eps_mismatches(spec, model) == [f"{layer.module}.bn: eps {bn.eps} != "
+                                                       f"{layer.kind.bn_eps}"]
