@@ -1,11 +1,18 @@
 """Session-wide TensorFlow fixtures: each checkpoint is written by TensorFlow once per run."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
-from porting.convert import PortOptions
+from porting.convert import PortOptions  # neither imports torch
 from porting.photos import load_photos
+
+# The suite runs in two pytest-xdist workers on two cores (pyproject's addopts): PyTorch's OpenMP
+# threads must sleep, not spin, while the other worker holds a core (libgomp reads this when torch
+# loads, after this line; the subprocesses the tests start inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Every output variant of the core port; parity and verify tests run on each.
 VARIANTS = {
@@ -16,32 +23,47 @@ VARIANTS = {
 }
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist runs in one worker")
+
+
+def _group(item) -> str:
+    """The xdist group of a test: the tests sharing an expensive fixture run in one worker, so it
+    is built once (Inception-ResNet-v2's calibrated Keras checkpoint; each ResNet's TF-Slim side);
+    the rest by module, so each module's fixtures are built once."""
+    names = getattr(item, "fixturenames", ())
+    if "irv2_checkpoint" in names:
+        return "inception_resnet_v2"
+    if "case" in names and item.module.__name__ == "test_resnet":
+        return item.callspec.params["case"]
+    return item.module.__name__
+
+
+# Groups that take 45-400 s each (measured), started first so that the two workers end
+# together: Inception-ResNet-v2's, each ResNet's (deepest first), building and installing the
+# wheel. The rest follow in collection order (pyproject's addopts: --no-loadscope-reorder).
+FIRST = ("inception_resnet_v2", "resnet_v1_152", "resnet_v2_152", "resnet_v2_50", "resnet_v1_50",
+         "resnet_v1_101", "resnet_v2_101", "test_wheel")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(session, config, items):
-    """Start TF-Slim's side of the ResNet tests (``resnet_references.py``) in a process of its
-    own as soon as they are collected, so that it runs beside the rest of the suite."""
-    if any("case" in getattr(item, "fixturenames", ()) and item.module.__name__ == "test_resnet"
-           for item in items):
-        import subprocess
-        import sys
-        import tempfile
-        from pathlib import Path
-
-        outdir = Path(tempfile.mkdtemp(prefix="resnet-references-"))
-        log = open(outdir / "log.txt", "w")
-        config.resnet_references = outdir, subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("resnet_references.py")), str(outdir)],
-            stdout=log, stderr=subprocess.STDOUT)
+    groups = {item: _group(item) for item in items}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    rank = {group: i for i, group in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item], len(FIRST)))  # stable: the rest in order
 
 
-def pytest_unconfigure(config):
-    started = getattr(config, "resnet_references", None)
-    if started is not None:
-        import shutil
+def pytest_collection_finish(session):
+    """xdist marks a grouped test by appending '@<group>' to its id; where that no longer takes
+    (pytest 9.2, pytest-xdist#1386) every worker builds every fixture: say so."""
+    if (getattr(session.config.option, "loadgroup", False) and session.items
+            and "@" not in session.items[0].nodeid):
+        import warnings
 
-        outdir, process = started
-        process.kill()
-        process.wait()
-        shutil.rmtree(outdir, ignore_errors=True)
+        warnings.warn(pytest.PytestWarning(
+            "xdist groups were not applied (pytest-xdist#1386): install constraints.txt's pytest"))
 
 
 BATCH_1_IMAGES = 3  # batch-1 parity runs image by image on the first few photos (time)

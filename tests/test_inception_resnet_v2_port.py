@@ -118,7 +118,7 @@ def test_inspect_lists_every_variable_and_its_home(irv2):
 def _archive(folder: Path, name: str, files: dict[str, Path]) -> Path:
     """A release-shaped .tar.gz holding ``files`` under the member names given."""
     archive = folder / name
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # the port reads any level
         for member, path in files.items():
             tar.add(path, arcname=member)
     return archive
@@ -223,12 +223,20 @@ def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_verify_reports_every_end_point_and_passes(irv2, irv2_ported_files, tmp_path):
-    report = tmp_path / "report.json"
+@pytest.fixture(scope="module")
+def verified_with_goldens(irv2, irv2_ported_files, tmp_path_factory):
+    """(CLI result, JSON report, goldens): one ``verify --src`` of the 1000-class file that also
+    records goldens (the Keras reference is built once for the tests below)."""
+    folder = tmp_path_factory.mktemp("irv2_verify")
+    report, goldens = folder / "report.json", folder / "irv2_goldens.h5"
     result = _run("verify", "--src", irv2[0], "--weights", irv2_ported_files["1000"],
-                  "--count", 1, "--json", report)
+                  "--count", 1, "--json", report, "--record-goldens", goldens)
+    return result, json.loads(report.read_text()) if report.exists() else None, goldens
+
+
+def test_verify_reports_every_end_point_and_passes(verified_with_goldens):
+    result, data, _ = verified_with_goldens
     assert result.exit_code == 0, result.output
-    data = json.loads(report.read_text())
     assert list(data["end_points"]) == list(SPEC.end_points)
     assert data["architecture"] == "inception_resnet_v2" and data["passed"]
     assert "Keras InceptionResNetV2 + TF aux head on" in data["reference"]
@@ -236,12 +244,13 @@ def test_verify_reports_every_end_point_and_passes(irv2, irv2_ported_files, tmp_
         assert name in result.stdout
 
 
-def test_verify_names_the_first_diverging_end_point(irv2, irv2_ported_files, tmp_path):
+def test_verify_names_the_first_diverging_end_point(irv2_ported_files, verified_with_goldens,
+                                                    tmp_path):
     state_dict = torch.load(irv2_ported_files["1001"], weights_only=True)
     state_dict["repeat_1.7.branch1.1.bn.running_var"] *= 4  # inside the block17 repeats
     sabotaged = tmp_path / "sabotaged.pth"
     torch.save(state_dict, sabotaged)
-    result = _run("verify", "--src", irv2[0], "--weights", sabotaged, "--count", 2)
+    result = _run("verify", "--goldens", verified_with_goldens[2], "--weights", sabotaged)
     assert result.exit_code == 1
     assert result.stderr.startswith("FAIL: first divergence at PreAuxLogits")
     assert "Mixed_6a " in result.stdout and "ok" in result.stdout.split("Mixed_6a ")[1].split("\n")[0]
@@ -258,12 +267,10 @@ def test_verify_float64_is_exact(irv2, irv2_ported_files, tmp_path):
     assert len(data["end_points"]) == len(SPEC.end_points) and worst <= 1e-10
 
 
-def test_goldens_verify_without_tensorflow(irv2, irv2_ported_files, tmp_path):
+def test_goldens_verify_without_tensorflow(irv2_ported_files, verified_with_goldens, tmp_path):
     from blocked_imports import CLI, TENSORFLOW, run_blocked
 
-    goldens = tmp_path / "irv2_goldens.h5"
-    recorded = _run("verify", "--src", irv2[0], "--record-goldens", goldens, "--count", 1)
-    assert recorded.exit_code == 0, recorded.output
+    goldens = verified_with_goldens[2]
     passed = run_blocked(TENSORFLOW, CLI, "verify", "--goldens", goldens,
                          "--weights", irv2_ported_files["no-aux"])
     assert passed.returncode == 0, passed.stderr

@@ -6,15 +6,13 @@ TF-Slim's logits at batch 1 and 10, at two input sizes where TF's SAME max pool 
 The 50-layer nets run at their release sizes (v2: 299 and 301, v1: 224 and 225); 101 and 152 at
 128 and 129 px, to keep the suite's time (the issue allows reduced cost for them): their name
 maps are still checked in full, as each port consumes every variable of TF-Slim's checkpoint.
-TF-Slim's side (checkpoints and outputs) is computed by ``resnet_references.py`` in a process
-started when these tests are collected (conftest), beside the rest of the suite.
+Each architecture's tests form one xdist group (conftest), so its TF-Slim side is built once.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,18 +27,31 @@ from models.spec import get_architecture
 from porting.cli import main
 from porting.convert import PortOptions
 from porting.parity import compare, torch_outputs
-from resnet_references import ARCHS, BATCH_1_IMAGES, FULL_SIZE, sizes
+from porting.photos import load_photos
 from porting.pipeline import port_checkpoint
 from porting.registry import load_registry
 from porting.verify import Report, compare_end_points
 from porting.weights import load_ported
+
+from conftest import BATCH_1_IMAGES
+
+ARCHS = ["resnet_v2_50", "resnet_v1_50", "resnet_v2_101", "resnet_v1_101", "resnet_v2_152",
+         "resnet_v1_152"]
+FULL_SIZE = {"resnet_v2_50": (299, 301), "resnet_v1_50": (224, 225)}  # release size, odd size
+REDUCED_SIZE = (128, 129)
+END_POINT_IMAGES = 2  # verify's per-end-point comparison on ResNet-50 v2
+
+
+def sizes(name: str) -> tuple[int, int]:
+    return FULL_SIZE.get(name, REDUCED_SIZE)
+
 
 @dataclasses.dataclass
 class Case:
     spec: object
     checkpoint: Path
     images: dict          # input size -> NHWC photos preprocessed for the architecture
-    reference: dict       # TF-Slim's outputs, from resnet_references.py
+    reference: dict       # TF-Slim's side (_tf_slim_side)
     weights: Path         # the port with the release's classes
 
     def tf_logits(self, size: int, batch: int = 10) -> np.ndarray:
@@ -49,27 +60,46 @@ class Case:
         return self.reference[f"logits/{size}/{batch}"]
 
 
-def _references(config, name: str) -> Path:
-    """The folder resnet_references.py wrote for ``name``, once it is there."""
-    outdir, process = config.resnet_references
-    folder = outdir / name
-    while not (folder / "done").exists():
-        if process.poll() is not None and not (folder / "done").exists():
-            pytest.fail(f"resnet_references.py failed (exit {process.returncode}):\n"
-                        + (outdir / "log.txt").read_text()[-3000:])
-        time.sleep(0.5)
-    return folder
+def _tf_logits(reference, images: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([reference(images[i:i + batch], ("Logits",))["Logits"]
+                           for i in range(0, len(images), batch)])
+
+
+def _tf_slim_side(spec, folder: Path) -> tuple[Path, dict]:
+    """TF-Slim's side of ``spec``'s tests: the photos at both test sizes, a synthetic checkpoint
+    written by TF-Slim's own ``resnet_v*`` (V1 format, as the releases), and the restored graph's
+    logits at batch 10 and batch 1 at both sizes (for ResNet-50 v2 also every end point of
+    END_POINT_IMAGES photos): (checkpoint, {"images/<size>", "logits/<size>/<batch>",
+    "end_points/<name>": array})."""
+    oracle = spec.oracle_module()
+    arrays = {}
+    for size in sizes(spec.name):
+        arrays[f"images/{size}"] = load_photos(
+            config=dataclasses.replace(spec.eval, input_size=size))[1]
+    release_size = sizes(spec.name)[0]
+    checkpoint = oracle.build_synthetic_checkpoint(
+        folder / f"{spec.name}.ckpt", arrays[f"images/{release_size}"], v1_format=True)
+    reference = oracle.Reference.for_checkpoint(checkpoint)
+    try:
+        for size in sizes(spec.name):
+            images = arrays[f"images/{size}"]
+            arrays[f"logits/{size}/10"] = _tf_logits(reference, images, len(images))
+            arrays[f"logits/{size}/1"] = _tf_logits(reference, images[:BATCH_1_IMAGES], 1)
+        if spec.name == "resnet_v2_50":
+            out = reference(arrays[f"images/{release_size}"][:END_POINT_IMAGES], spec.end_points)
+            arrays.update({f"end_points/{key}": value for key, value in out.items()})
+    finally:
+        reference.close()
+    return checkpoint, arrays
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def case(request, tmp_path_factory):
     spec = get_architecture(request.param)
-    folder = _references(request.config, spec.name)
-    with np.load(folder / "reference.npz") as data:
-        reference = {key: data[key] for key in data.files}
+    folder = tmp_path_factory.mktemp(spec.name)
+    checkpoint, reference = _tf_slim_side(spec, folder)
     images = {size: reference[f"images/{size}"] for size in sizes(spec.name)}
-    checkpoint = folder / f"{spec.name}.ckpt"
-    result = port_checkpoint(checkpoint, tmp_path_factory.mktemp(spec.name) / f"{spec.name}.pth",
+    result = port_checkpoint(checkpoint, folder / "port" / f"{spec.name}.pth",
                              PortOptions(num_classes=spec.eval.num_classes))
     return Case(spec, checkpoint, images, reference, result.written.path)
 
