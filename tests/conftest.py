@@ -55,15 +55,15 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(groups[item], len(FIRST)))  # stable: the rest in order
 
 
-def pytest_collection_finish(session):
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: the controller, once per worker
+def pytest_xdist_node_collection_finished(node, ids):
     """xdist marks a grouped test by appending '@<group>' to its id; where that no longer takes
     (pytest 9.2, pytest-xdist#1386) every worker builds every fixture: say so."""
-    if (getattr(session.config.option, "loadgroup", False) and session.items
-            and "@" not in session.items[0].nodeid):
-        import warnings
-
-        warnings.warn(pytest.PytestWarning(
-            "xdist groups were not applied (pytest-xdist#1386): install constraints.txt's pytest"))
+    if node.config.getoption("dist") == "loadgroup" and ids and "@" not in ids[0]:
+        node.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"WARNING: {node.gateway.id}: xdist groups were not applied (pytest-xdist#1386); "
+            "the suite will build its fixtures in every worker: install constraints.txt's pytest",
+            yellow=True)
 
 
 BATCH_1_IMAGES = 3  # batch-1 parity runs image by image on the first few photos (time)
