@@ -381,7 +381,6 @@ class Architecture:
 # --- finding architectures --------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
-@lru_cache(maxsize=None)
 def _folders() -> dict[str, tuple[Architecture, ...]]:
     """Each folder of ``models`` with a ``spec.py``, by package: its ``SPEC``, or its ``SPECS``
     when one definition serves several (e.g. ResNet's depths)."""
