@@ -61,7 +61,7 @@ def _channels_last_input(module, args):
 def folded_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn.Module:
     """An eval-mode copy of a ported model (plain or folded) or of a ported state dict, every
     batch norm folded into its conv and the AuxLogits head dropped: plain PyTorch modules only,
-    what ``deploy_model`` speeds up and ``models.export`` writes to ONNX. The input model is
+    what ``deploy_model`` speeds up and ``porting.onnx.trace`` writes to ONNX. The input model is
     left untouched."""
     if isinstance(model_or_state_dict, nn.Module):
         model = copy.deepcopy(model_or_state_dict)

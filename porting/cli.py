@@ -72,7 +72,7 @@ def main():
 
 
 def _reader_choice():
-    from porting.readers import READERS
+    from porting.read.open import READERS
 
     return click.Choice(sorted(READERS))
 
@@ -87,7 +87,7 @@ def _arch_option(what: str):
 
 
 def _max_unpacked_option():
-    from porting.archives import DEFAULT_MAX_BYTES
+    from porting.read.archives import DEFAULT_MAX_BYTES
 
     return click.option("--max-unpacked-bytes", type=click.IntRange(min=1), metavar="N",
                         default=DEFAULT_MAX_BYTES, show_default=True,
@@ -96,7 +96,7 @@ def _max_unpacked_option():
 
 
 def _engine_choice():
-    from porting.engines import ENGINES
+    from porting.onnx.engines import ENGINES
 
     return click.Choice(list(ENGINES))
 
@@ -193,8 +193,8 @@ def fetch(name, dest, sha256, url, pin):
     """
     from pathlib import Path
 
-    from porting import registry
-    from porting.download import download
+    from porting.releases import registry
+    from porting.releases.download import download
 
     release = registry.get_release(name)
     expected, pinned_in = (sha256, None) if sha256 else registry.pinned(name) or (None, None)
@@ -237,7 +237,7 @@ def inspect(src, no_aux, ema, reader, arch, max_unpacked_bytes):
     bytes) with its PyTorch layer or the reason it is skipped, and whether `port` would accept
     it. Takes every --src that `port` takes.
     """
-    from porting.readers import open_source
+    from porting.read.open import open_source
 
     with open_source(src, reader, arch, max_unpacked_bytes) as opened:
         _inspect(opened, no_aux, ema, arch)
@@ -361,7 +361,7 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     from pathlib import Path
 
     from porting.files import check_target, write_json
-    from porting.verify import UsageProblem, VerifyRequest
+    from porting.verify.run import UsageProblem, VerifyRequest
 
     def path(value):
         return None if value is None else Path(value)
@@ -375,9 +375,9 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     except UsageProblem as err:
         raise click.UsageError(str(err)) from err
     if request.onnx:
-        from porting.onnx_verify import run
+        from porting.onnx.verify import run
     else:
-        from porting.verify import run
+        from porting.verify.run import run
     if json_path:  # refused before any work, and again when written
         check_target(Path(json_path), request.inputs())
     report = run(request, progress=_progress_line)
@@ -435,7 +435,7 @@ def export(weights, dst, input_size, opset, end_points, force):
     \b
       port-weights verify --src CKPT --weights NAME-<sha256[:8]>.onnx
     """
-    from porting.onnx_export import export_weights
+    from porting.onnx.export import export_weights
 
     result = export_weights(weights, dst, input_size=input_size, opset=opset,
                             end_points=end_points, force=force)

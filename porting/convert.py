@@ -15,7 +15,7 @@ import numpy as np
 from models.spec import (EMA_SUFFIX, Architecture, Layer, UnknownArchitecture,
                          detect_architecture, get_architecture, non_model_reason)
 from porting.errors import PortError
-from porting.reader_api import CheckpointReader
+from porting.read.api import CheckpointReader
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import numpy as np
 from models.calibration import synthetic_label
 from models.spec import get_architecture
 from porting.convert import PortOptions, label_offset
-from porting.parity import compare, torch_outputs
-from porting.registry import get_release
+from porting.verify.parity import compare, torch_outputs
+from porting.releases.registry import get_release
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = "adv_inception_v3"
@@ -35,7 +35,7 @@ def find_release(name: str, folder: Path = ROOT / "checkpoints") -> Path | None:
 
 def synthetic_source(out: Path, name: str) -> Path:
     """The synthetic checkpoint of release ``name``'s architecture, built once and reused."""
-    from porting.photos import load_photos
+    from porting.verify.photos import load_photos
 
     spec = get_architecture(get_release(name).architecture)
     prefix = out / f"synthetic_{name}.ckpt"
@@ -61,7 +61,7 @@ def reference_logits(src: Path, images) -> np.ndarray:
     """The TF reference's logits for ``images`` on the checkpoint at ``src`` (an archive is
     unpacked for the while)."""
     from porting.convert import architecture_of
-    from porting.readers import open_source
+    from porting.read.open import open_source
 
     with open_source(src) as opened:
         spec = architecture_of(opened.reader, PortOptions())
@@ -74,7 +74,7 @@ def reference_logits(src: Path, images) -> np.ndarray:
 
 def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
     """Port ``src`` with the default options, then compare with the TF reference on the photos."""
-    from porting.photos import load_photos
+    from porting.verify.photos import load_photos
     from porting.pipeline import port_checkpoint
     from porting.weights import load_ported
 

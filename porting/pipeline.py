@@ -11,15 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from porting.archives import DEFAULT_MAX_BYTES
+from porting.read.archives import DEFAULT_MAX_BYTES
 from porting.convert import Conversion, PortOptions, convert
 from porting.files import Outputs
-from porting.manifest import (build_manifest, hash_source_files, model_card, sidecar,
+from porting.write.manifest import (build_manifest, hash_source_files, model_card, sidecar,
                               source_record, stage_sidecar)
-from porting.readers import open_source
-from porting.registry import release_for
-from porting.sources import CheckpointSource
-from porting.writer import Written, output_format, write_hashed
+from porting.read.open import open_source
+from porting.releases.registry import release_for
+from porting.read.sources import CheckpointSource
+from porting.write.hashed import Written, output_format, write_hashed
 
 
 @dataclass(frozen=True)

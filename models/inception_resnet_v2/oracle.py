@@ -30,7 +30,7 @@ from models.inception_resnet_v2.spec import SPEC
 from models.spec import AUX_SCOPE, EMA_SUFFIX
 from models.tf_slim_graph import BETA_STD, GLOBAL_STEP, checkpoint_layout
 from porting.errors import PortError, first_line
-from porting.tf_runtime import import_tensorflow
+from models.tf_runtime import import_tensorflow
 
 BN_EPSILON = 1e-3          # TF-Slim's inception_resnet_v2_arg_scope (and Keras's default)
 UP_BIAS_STD = 0.1          # up conv biases, as a fraction of the block input's std

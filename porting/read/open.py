@@ -1,8 +1,8 @@
 """Opening ``--src``: the one place where what a user passed becomes a checkpoint reader.
 
-``open_source(src, reader, arch)`` takes a release archive (``porting.archives``: checked, then
+``open_source(src, reader, arch)`` takes a release archive (``porting.read.archives``: checked, then
 unpacked into a temporary folder for as long as the reader is used), Keras HDF5 weights
-(``porting.keras_h5``) or a TF checkpoint in any spelling ``porting.sources`` resolves (prefix,
+(``porting.read.keras_h5``) or a TF checkpoint in any spelling ``porting.read.sources`` resolves (prefix,
 ``.index``, ``.data-*``, V1 file, folder), read by the native reader (no TensorFlow) or by
 TensorFlow's own (``--reader tf``).
 """
@@ -13,16 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from porting.archives import DEFAULT_MAX_BYTES, is_archive, unpacked
+from porting.read.archives import DEFAULT_MAX_BYTES, is_archive, unpacked
 from porting.errors import PortError
-from porting.keras_h5 import KerasReader, is_keras_h5
-from porting.native_reader import NativeReader
-from porting.reader_api import CheckpointReader
-from porting.sources import resolve_source
+from porting.read.keras_h5 import KerasReader, is_keras_h5
+from porting.read.native import NativeReader
+from porting.read.api import CheckpointReader
+from porting.read.sources import resolve_source
 
 
 def _tf_reader(source) -> CheckpointReader:
-    from porting.tf_reader import TFReader  # imports TensorFlow
+    from porting.read.tf import TFReader  # imports TensorFlow
 
     return TFReader(source)
 

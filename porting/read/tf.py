@@ -30,10 +30,10 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from porting.errors import PortError, first_line
-from porting.native_reader import NativeReader
-from porting.reader_api import VariableInfo
-from porting.sources import V2, CheckpointSource
-from porting.tf_runtime import import_tensorflow
+from porting.read.native import NativeReader
+from porting.read.api import VariableInfo
+from porting.read.sources import V2, CheckpointSource
+from models.tf_runtime import import_tensorflow
 
 GLOB_METACHARACTERS = frozenset("[]*?\\{}")
 _LINK_PREFIX = "ckpt"

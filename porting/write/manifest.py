@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from models.spec import get_architecture
 from porting.errors import PortError
 from porting.files import Outputs, sha256_file
-from porting.registry import Release, load_registry, pinned_sha256
+from porting.releases.registry import Release, load_registry, pinned_sha256
 
-if TYPE_CHECKING:  # porting.parity imports torch, which a port does without
-    from porting.parity import Parity
+if TYPE_CHECKING:  # porting.verify.parity imports torch, which a port does without
+    from porting.verify.parity import Parity
 
 MANIFEST_VERSION = 1
 COMPETITION_BIBTEX = """@article{kurakin2018adversarial,

@@ -20,7 +20,7 @@ from pathlib import Path
 from porting.errors import PortError
 from porting.files import write_json
 
-REGISTRY_PATH = Path(__file__).resolve().parent / "data" / "registry.json"
+REGISTRY_PATH = Path(__file__).resolve().parent.parent / "data" / "registry.json"
 LOCK_NAME = "releases.lock"
 # Where releases are downloaded to and looked for: checkpoints/ in the working folder (the
 # repository's own when run from its root, as `make demo` does), or $PORT_WEIGHTS_CHECKPOINTS.

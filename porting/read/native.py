@@ -17,9 +17,9 @@ from typing import Mapping
 import numpy as np
 
 from porting.errors import PortError
-from porting.reader_api import VariableInfo
-from porting.sources import V1, CheckpointSource
-from porting.sstable import (FormatError, Table, as_int64, crc32c, last, parse_message,
+from porting.read.api import VariableInfo
+from porting.read.sources import V1, CheckpointSource
+from porting.read.sstable import (FormatError, Table, as_int64, crc32c, last, parse_message,
                              read_exact, read_varint, repeated_fixed, repeated_varints, scalar,
                              submessage, unmask_crc)
 

@@ -1,8 +1,8 @@
 """What every checkpoint reader offers: list variables cheaply, read one on demand.
 
-Readers: ``porting.native_reader`` (TF checkpoints, no TensorFlow), ``porting.tf_reader``
-(TensorFlow's own, the reference) and ``porting.keras_h5`` (Keras HDF5 weights, presented under
-TF-Slim's variable names). ``porting.readers.open_source`` picks one for a ``--src``.
+Readers: ``porting.read.native`` (TF checkpoints, no TensorFlow), ``porting.read.tf``
+(TensorFlow's own, the reference) and ``porting.read.keras_h5`` (Keras HDF5 weights, presented under
+TF-Slim's variable names). ``porting.read.open.open_source`` picks one for a ``--src``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
-from porting.sources import CheckpointSource
+from porting.read.sources import CheckpointSource
 
 
 @dataclass(frozen=True)

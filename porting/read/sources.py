@@ -15,7 +15,7 @@ from glob import escape as glob_escape
 from pathlib import Path
 
 from porting.errors import PortError
-from porting.sstable import has_table_magic
+from porting.read.sstable import has_table_magic
 
 V1, V2 = "V1", "V2"
 _DATA_RE = re.compile(r"\.data-(\d{5})-of-(\d{5})$")

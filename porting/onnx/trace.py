@@ -9,7 +9,7 @@ conv + bias + ReLU and pick their own weight layouts anyway.
 The exporter is torch's TorchScript-based one (``dynamo=False``): it needs no onnxscript, and
 two exports of the same weights give the same bytes (tested). Each ``AvgPool2d`` with
 ``count_include_pad=False`` becomes an ONNX ``AveragePool`` with ``count_include_pad=0`` and
-its padding in ``pads``, which is TF's SAME average pool (``porting.onnx_graph`` checks that).
+its padding in ``pads``, which is TF's SAME average pool (``porting.onnx.graph`` checks that).
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from porting.errors import PortError
 from porting.files import cannot_write, move_into_place, temporary_beside
-from porting.h5safety import check_self_contained, shown
+from porting.read.h5safety import check_self_contained, shown
 
 FORMAT = "tf-porting-goldens/1"
 
@@ -141,7 +141,7 @@ class Goldens:
     """A golden file opened for verification: inputs, source facts and a ``Reference``.
 
     Opening checks, before reading any data, that the file keeps its data to itself
-    (``porting.h5safety``), then that the layout is the recorder's: ``inputs`` [N, H, W, 3] in
+    (``porting.read.h5safety``), then that the layout is the recorder's: ``inputs`` [N, H, W, 3] in
     the recorded dtype (H and W the architecture's input size), N image names, and end points
     (``Logits`` among them) with N rows each, the class scores [N, num_classes]. Any failure,
     including a damaged chunk met later by ``reference``, is a PortError naming the file."""

@@ -5,7 +5,7 @@ file, a soft link may name a path that leads through such a link (or nowhere), a
 keep its raw data in external files (any file: ``/etc/passwd`` reads as floats), and a virtual
 dataset maps other files' datasets. A weights or golden file needs none of this, and reading
 through any of it would put bytes that are not in the file into a port or a verdict. So the
-readers (``porting.keras_h5``, ``porting.goldens``) call ``check_self_contained`` right after
+readers (``porting.read.keras_h5``, ``porting.verify.goldens``) call ``check_self_contained`` right after
 opening a file, before they touch an object through a link or read a byte of data: every link
 in the file is a hard link or a soft link that resolves inside it, and no dataset has external
 or virtual storage. Only metadata is read.

@@ -1,6 +1,6 @@
 """Write a state dict as ``<stem>-<sha256[:8]>.pth``: reproducible, atomic, torch.hub-compatible.
 
-The file is serialised into a temporary file beside its destination (``porting.pth`` writes
+The file is serialised into a temporary file beside its destination (``porting.write.pth`` writes
 torch.save's format without importing torch, its zip archive always named "archive"), hashed
 as the bytes pass, and staged under its final, hashed name in the command's ``Outputs``
 (``porting.files``), which renames it into place with its manifest and card.
@@ -21,7 +21,7 @@ import numpy as np
 
 from porting.errors import PortError
 from porting.files import Outputs, cannot_write, sha256_file
-from porting.pth import raw_bytes, save_state_dict
+from porting.write.pth import raw_bytes, save_state_dict
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``port-weights verify --weights NAME.onnx``: an exported graph in ONNX Runtime and OpenVINO
-against the TF oracle (or goldens), with the bounds and report of ``porting.verify``.
+against the TF oracle (or goldens), with the bounds and report of ``porting.verify.run``.
 
-The graph's ONNX metadata (``porting.onnx_graph``) says its architecture, classes and input
+The graph's ONNX metadata (``porting.onnx.graph``) says its architecture, classes and input
 size. Before running anything, every ``AveragePool`` is checked statically: one that counts
 padding where TF's SAME pool does not is a failure naming the node. Then each engine runs the
 graph twice over the images, at batch 1 and at batch 10 (the dynamic batch axis), and every
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from models.spec import get_architecture
-from porting.engines import ENGINES
+from porting.onnx.engines import ENGINES
 from porting.errors import PortError
-from porting.onnx_graph import PoolFinding, check_average_pools, read_exported
-from porting.parity import Parity
-from porting.verify import (Progress, Report, VerifyRequest, compare_outputs, first_class_of,
+from porting.onnx.graph import PoolFinding, check_average_pools, read_exported
+from porting.verify.parity import Parity
+from porting.verify.run import (Progress, Report, VerifyRequest, compare_outputs, first_class_of,
                             open_reference, record_manifest_parity)
 
 BATCH = 10  # the larger batch every engine runs, besides batch 1

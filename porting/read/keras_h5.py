@@ -15,7 +15,7 @@ table, once the layers keras.applications names itself are set aside; each archi
 ``KerasAdapter`` (``models/<name>/spec.py``) lists those. The tests prove it against Keras's own
 predictions. The reader presents the weights under TF-Slim variable names, so the converter and
 its checks are the same for every source. Before any layer is looked up, the whole file is
-checked to keep its data to itself (``porting.h5safety``: no external or dangling links, no
+checked to keep its data to itself (``porting.read.h5safety``: no external or dangling links, no
 external raw storage, no virtual datasets), so no byte from another file can become a weight.
 """
 from __future__ import annotations
@@ -29,9 +29,9 @@ import numpy as np
 
 from models.spec import Architecture, architectures, get_architecture
 from porting.errors import PortError
-from porting.h5safety import check_self_contained, shown
-from porting.reader_api import VariableInfo
-from porting.sources import CheckpointSource
+from porting.read.h5safety import check_self_contained, shown
+from porting.read.api import VariableInfo
+from porting.read.sources import CheckpointSource
 
 KERAS2, KERAS3 = "Keras 2 HDF5", "Keras 3 HDF5"
 H5_SUFFIXES = (".h5", ".hdf5")

@@ -3,8 +3,8 @@
 ``NAME.onnx`` is written as ``NAME-<sha256[:8]>.onnx`` with its manifest ``NAME-<sha256[:8]>.json``
 beside it, both through one ``porting.files.Outputs`` transaction (all or nothing, never
 replacing an input, a link or a non-regular file). The graph is the BN-folded model without the
-aux head (``models.export``); what it computes and how to feed it is in its ONNX metadata
-(``porting.onnx_graph``) and in the manifest. Two exports of the same weights with the same
+aux head (``porting.onnx.trace``); what it computes and how to feed it is in its ONNX metadata
+(``porting.onnx.graph``) and in the manifest. Two exports of the same weights with the same
 options give the same bytes (torch's TorchScript exporter is deterministic; tested).
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from porting.errors import PortError
 from porting.files import Outputs, cannot_write, sha256_file
-from porting.manifest import MANIFEST_VERSION, sidecar, stage_sidecar, tool_version
-from porting.onnx_graph import PREFIX, with_metadata
-from porting.writer import Written, hashed_path
+from porting.write.manifest import MANIFEST_VERSION, sidecar, stage_sidecar, tool_version
+from porting.onnx.graph import PREFIX, with_metadata
+from porting.write.hashed import Written, hashed_path
 
 SUFFIX = ".onnx"
 
@@ -79,7 +79,7 @@ def export_weights(weights: str | Path, dst: str | Path, input_size: int | None 
                    opset: int | None = None, end_points: bool = False,
                    force: bool = False) -> ExportResult:
     """Export the ported file ``weights`` (.pth or .safetensors) to ``dst``'s hashed sibling."""
-    from models.export import OPSET, export_onnx
+    from porting.onnx.trace import OPSET, export_onnx
     from models.spec import architecture_of_model
     from porting.weights import load_ported
 

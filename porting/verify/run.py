@@ -2,10 +2,10 @@
 
 The reference is the architecture's TF oracle on the source checkpoint (``models/<name>/oracle.py``:
 TF-Slim's own graph for Inception v3 and the ResNets, Keras's InceptionResNetV2 plus TF-Slim's
-aux head for Inception-ResNet-v2), or a golden file recorded from it (``porting.goldens``, no TensorFlow
+aux head for Inception-ResNet-v2), or a golden file recorded from it (``porting.verify.goldens``, no TensorFlow
 needed). The end points and which of them are classifier outputs come from the architecture's
 spec. Each end point passes when
-max |diff| <= bound x max(1, max |TF|) (``porting.parity``: in float32 1e-4 for the classifier
+max |diff| <= bound x max(1, max |TF|) (``porting.verify.parity``: in float32 1e-4 for the classifier
 outputs, 1e-3 for feature maps; 1e-10 everywhere with both sides in float64) and, for the
 classifiers, top-1 and top-5 agree on every image. The first end point in network order that
 fails is where the port went wrong.
@@ -26,9 +26,9 @@ import torch
 from models.spec import Architecture, architecture_of_model, get_architecture
 from porting.errors import PortError
 from porting.files import check_target, is_stream
-from porting.goldens import GoldenRecorder, Goldens, Reference, SourceInfo
-from porting.gradients import FLOAT32_RELATIVE_TOLERANCE, GradientParity, gradient_parity
-from porting.parity import (FLOAT64_RELATIVE_TOLERANCE, MAP_RELATIVE_TOLERANCE,
+from porting.verify.goldens import GoldenRecorder, Goldens, Reference, SourceInfo
+from porting.verify.gradients import FLOAT32_RELATIVE_TOLERANCE, GradientParity, gradient_parity
+from porting.verify.parity import (FLOAT64_RELATIVE_TOLERANCE, MAP_RELATIVE_TOLERANCE,
                             RELATIVE_TOLERANCE, Parity, compare, torch_end_points)
 from porting.weights import load_ported
 
@@ -217,7 +217,7 @@ class VerifyRequest:
     weights: Path | None = None
     src: Path | None = None           # TF-Slim checkpoint: run TF-Slim's graph
     goldens: Path | None = None       # or a golden file recorded from one
-    images_dir: Path | None = None    # default: porting.photos' set
+    images_dir: Path | None = None    # default: porting.verify.photos' set
     image_count: int | None = None
     float64: bool = False
     gradients: bool = False
@@ -232,8 +232,8 @@ class VerifyRequest:
         """The files this request reads, which no output of it may replace: the weights and
         their sidecars (verify updates those in place, not through another option), the
         goldens, the checkpoint and its files."""
-        from porting.manifest import sidecar
-        from porting.sources import resolve_source
+        from porting.write.manifest import sidecar
+        from porting.read.sources import resolve_source
 
         files = [] if self.weights is None else [
             self.weights, sidecar(self.weights, ".json"), sidecar(self.weights, ".md")]
@@ -263,7 +263,7 @@ class VerifyRequest:
 
     @property
     def onnx(self) -> bool:
-        """Whether the weights are an exported ONNX graph (``porting.onnx_verify`` runs it)."""
+        """Whether the weights are an exported ONNX graph (``porting.onnx.verify`` runs it)."""
         return self.weights is not None and self.weights.suffix == ".onnx"
 
 
@@ -272,8 +272,8 @@ def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.Exi
     archive stays unpacked while the reference reads it); TensorFlow is imported here."""
     from porting.convert import PortOptions, architecture_of
     from porting.files import sha256_file
-    from porting.readers import open_source
-    from porting.sources import V1, V2
+    from porting.read.open import open_source
+    from porting.read.sources import V1, V2
 
     opened = stack.enter_context(open_source(request.src, arch=request.arch))
     source = opened.reader.source
@@ -281,7 +281,7 @@ def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.Exi
         raise PortError(f"{request.src}: verify runs the TF reference on a TensorFlow "
                         "checkpoint; Keras weights have no TF-Slim graph to run")
     spec = architecture_of(opened.reader, PortOptions(arch=request.arch))
-    from porting.tf_reader import tf_readable_prefix
+    from porting.read.tf import tf_readable_prefix
 
     prefix = stack.enter_context(tf_readable_prefix(source))  # TF globs its prefix
     tf_model = spec.oracle_module().Reference.for_checkpoint(prefix, ema=request.ema,
@@ -316,7 +316,7 @@ def open_reference(request: VerifyRequest, dtype: str, stack: contextlib.ExitSta
                    end_points: tuple[str, ...] | None = None) -> OpenedReference:
     """The goldens or the TF oracle on ``request.src`` (asked for ``end_points``, default all
     of the architecture's; all of them when recording goldens), kept open on ``stack``."""
-    from porting.photos import load_photos
+    from porting.verify.photos import load_photos
 
     if request.goldens is not None:
         goldens = Goldens(request.goldens)
@@ -417,7 +417,7 @@ def record_manifest_parity(weights: Path, parity: Parity,
     (None, None) when there is no manifest. A manifest that describes another file (the
     weights were replaced or edited after porting) is left alone."""
     from porting.files import sha256_file
-    from porting.manifest import record_parity, sidecar
+    from porting.write.manifest import record_parity, sidecar
 
     path = sidecar(weights, ".json")
     if not path.is_file():
