@@ -40,10 +40,10 @@ import torch  # noqa: E402
 from models import deploy_model, model_for_state_dict  # noqa: E402
 from models.spec import architectures, representatives  # noqa: E402
 from porting.convert import PortOptions  # noqa: E402
-from porting.engines import ENGINES  # noqa: E402
-from porting.onnx_export import export_weights  # noqa: E402
-from porting.parity import compare  # noqa: E402
-from porting.photos import load_photos  # noqa: E402
+from porting.onnx.engines import ENGINES  # noqa: E402
+from porting.onnx.export import export_weights  # noqa: E402
+from porting.verify.parity import compare  # noqa: E402
+from porting.verify.photos import load_photos  # noqa: E402
 from porting.pipeline import port_checkpoint  # noqa: E402
 
 THREADS = 2

@@ -46,7 +46,7 @@ def measure(command: list[str]) -> tuple[float, float]:
 
 def build_checkpoint(folder: Path, arch: str) -> Path:
     from models.spec import get_architecture
-    from porting.photos import load_photos
+    from porting.verify.photos import load_photos
 
     oracle = get_architecture(arch).oracle_module()
     return oracle.build_synthetic_checkpoint(folder / f"adv_{arch}.ckpt",

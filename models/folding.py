@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-BN_EPS = 1e-3  # inception_v3_arg_scope's batch_norm_epsilon
-
-
 def fold_batch_norm(weight: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
-                    gamma: np.ndarray | None = None, eps: float = BN_EPS,
+                    gamma: np.ndarray | None = None, *, eps: float,
                     dtype=None) -> tuple[np.ndarray, np.ndarray]:
     """(weight, bias) of the one conv that computes conv(x, weight) followed by inference BN.
 
     ``weight`` is [out, in, kh, kw] (PyTorch's OIHW). y = gamma * (conv(x, W) - mean) /
-    sqrt(var + eps) + beta, with gamma = 1 when None (TF-Slim's Inception batch norm has none).
+    sqrt(var + eps) + beta, with gamma = 1 when None (TF-Slim's Inception batch norm has none);
+    ``eps`` is the architecture's, as its table states it.
     Computed in float64 and rounded once, to ``dtype`` (default: ``weight``'s), so folding adds
     no float32 error of its own. Both results are C-contiguous.
     """

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.folding import BN_EPS, fold_batch_norm
+from models.folding import fold_batch_norm
 
 
 class BasicConv2d(nn.Module):
@@ -25,11 +25,12 @@ class BasicConv2d(nn.Module):
     (``relu=False``: no activation, TF-Slim's ``activation_fn=None``).
 
     Folded (``fold_bn=True``): conv with bias (-> ReLU), the batch norm merged into the conv.
-    TF-Slim's Inception batch norms have no gamma, so there ``bn.weight`` holds ones.
+    TF-Slim's Inception batch norms have no gamma, so there ``bn.weight`` holds ones. ``eps`` is
+    the architecture's batch-norm epsilon, as its spec's table states it.
     """
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size, stride=1, padding=0,
-                 fold_bn: bool = False, device=None, eps: float = BN_EPS, relu: bool = True):
+                 fold_bn: bool = False, device=None, *, eps: float, relu: bool = True):
         super().__init__()
         self.relu = relu
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=padding,
@@ -52,7 +53,7 @@ class BasicConv2d(nn.Module):
         self.bn = nn.Identity()
 
 
-def conv_bn_factory(fold_bn: bool, device=None, eps: float = BN_EPS):
+def conv_bn_factory(fold_bn: bool, device=None, *, eps: float):
     """``conv(in, out, kernel, ...)`` building a ``BasicConv2d`` plain or folded, on ``device``."""
     return functools.partial(BasicConv2d, fold_bn=fold_bn, device=device, eps=eps)
 

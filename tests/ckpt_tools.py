@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from porting.tf_runtime import import_tensorflow
+from models.tf_runtime import import_tensorflow
 
 
 def read_all(prefix) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from porting.convert import PortOptions  # neither imports torch
-from porting.photos import load_photos
+from porting.verify.photos import load_photos
 
 # The suite runs in two pytest-xdist workers on two cores (pyproject's addopts): PyTorch's OpenMP
 # threads must sleep, not spin, while the other worker holds a core (libgomp reads this when torch
@@ -134,7 +134,7 @@ def ported_files(synthetic_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tf():
-    from porting.tf_runtime import import_tensorflow
+    from models.tf_runtime import import_tensorflow
 
     return import_tensorflow()
 

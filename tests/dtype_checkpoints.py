@@ -12,7 +12,7 @@ import cramjam
 import ml_dtypes
 import numpy as np
 
-from porting.sstable import FOOTER_SIZE, TABLE_MAGIC, Table, crc32c
+from porting.read.sstable import FOOTER_SIZE, TABLE_MAGIC, Table, crc32c
 
 VALUES = {
     "float/f32": np.arange(12, dtype=np.float32).reshape(3, 4) / 7 - 0.5,

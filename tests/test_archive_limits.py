@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from porting import archives
-from porting.archives import DEFAULT_MAX_BYTES, unpacked
+from porting.read import archives
+from porting.read.archives import DEFAULT_MAX_BYTES, unpacked
 from porting.cli import main
 from porting.errors import PortError
 
@@ -305,7 +305,7 @@ def test_a_sigkilled_port_is_cleaned_by_the_next_run(tmp_path, tmpdir_):
     archive = _tar_gz(tmp_path / "release.tar.gz", CHECKPOINT)
     script = ("import os, signal, tempfile, sys\n"
               f"tempfile.tempdir = {str(tmpdir_)!r}\n"
-              "from porting.archives import unpacked\n"
+              "from porting.read.archives import unpacked\n"
               f"with unpacked({str(archive)!r}):\n"
               "    os.kill(os.getpid(), signal.SIGKILL)\n")
     killed = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)

@@ -8,8 +8,8 @@ from models import model_for_state_dict
 from porting.convert import PortOptions, convert
 from porting.errors import PortError
 from models.inception_v3.spec import LAYERS
-from porting.parity import compare, torch_outputs
-from porting.readers import open_reader
+from porting.verify.parity import compare, torch_outputs
+from porting.read.open import open_reader
 
 AUX_PREFIX = "InceptionV3/AuxLogits/"
 

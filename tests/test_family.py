@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from models import model_for_state_dict
 from porting.cli import main
-from porting.manifest import record_parity
-from porting.parity import compare, torch_outputs
-from porting.registry import load_registry
+from porting.write.manifest import record_parity
+from porting.verify.parity import compare, torch_outputs
+from porting.releases.registry import load_registry
 
 RELEASES = sorted(name for name, release in load_registry().items()
                   if release.architecture == "inception_v3")

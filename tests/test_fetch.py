@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from porting import download as download_module
-from porting import registry
+from porting.releases import download as download_module
+from porting.releases import registry
 from models.spec import get_architecture
 from porting.cli import main
 

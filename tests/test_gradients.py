@@ -6,9 +6,9 @@ import pytest
 from models.inception_v3.spec import SPEC
 
 from porting.errors import PortError
-from porting.gradients import FLOAT32_RELATIVE_TOLERANCE, gradient_parity
-from porting.parity import FLOAT64_RELATIVE_TOLERANCE
-from porting.verify import VerifyRequest, compare_end_points, run
+from porting.verify.gradients import FLOAT32_RELATIVE_TOLERANCE, gradient_parity
+from porting.verify.parity import FLOAT64_RELATIVE_TOLERANCE
+from porting.verify.run import VerifyRequest, compare_end_points, run
 from porting.weights import load_ported
 
 END_POINTS = SPEC.end_points
@@ -87,7 +87,7 @@ def test_torch_gradient_is_the_input_gradient_only(ported_files, photos):
     import torch
     import torch.nn.functional as F
 
-    from porting.gradients import torch_loss_gradient
+    from porting.verify.gradients import torch_loss_gradient
 
     model = load_ported(ported_files["1000"])
     images, labels = photos[1][:1], np.array([3])

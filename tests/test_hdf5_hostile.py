@@ -104,7 +104,7 @@ KERAS_CASES = {
 @pytest.mark.parametrize("case", list(KERAS_CASES))
 def test_keras_file_leading_outside_is_refused_before_reading(case, keras_file, outside,
                                                              tmp_path):
-    from porting.keras_h5 import KerasReader
+    from porting.read.keras_h5 import KerasReader
 
     make, named = KERAS_CASES[case]
     path = tmp_path / "inception_v3.weights.h5"
@@ -135,7 +135,7 @@ def test_port_of_keras_file_leading_outside_exits_1_and_writes_nothing(case, ker
 
 def test_keras_soft_link_inside_the_file_is_read(keras_file, tmp_path):
     """Links that stay in the file are HDF5's business, not an attack."""
-    from porting.keras_h5 import KerasReader
+    from porting.read.keras_h5 import KerasReader
 
     def bias(f, group):
         f.create_dataset("spare/bias", data=np.arange(1000, dtype=np.float32))
@@ -159,7 +159,7 @@ N = 2
 
 def _golden_file(path) -> None:
     """A golden file as the recorder writes it: two images, Logits, AuxLogits and one map."""
-    from porting.goldens import FORMAT
+    from porting.verify.goldens import FORMAT
 
     rng = np.random.default_rng(0)
     chunked = {"compression": "gzip", "shuffle": True}
@@ -275,9 +275,9 @@ def model():
 def verify_with_model(model, monkeypatch):
     """``port-weights verify --goldens`` with the weights file replaced by a fresh Inception v3
     (1001 classes, aux): every golden tested here is refused before its numbers matter."""
-    import porting.verify
+    import porting.verify.run
 
-    monkeypatch.setattr(porting.verify, "load_ported", lambda path: model)
+    monkeypatch.setattr(porting.verify.run, "load_ported", lambda path: model)
 
     def verify(golden, tmp_path):
         report = tmp_path / "out" / "report.json"
@@ -290,7 +290,7 @@ def verify_with_model(model, monkeypatch):
 
 @pytest.mark.parametrize("case", list(GOLDEN_CASES))
 def test_misshapen_goldens_are_one_line_at_open(case, golden, tmp_path):
-    from porting.goldens import Goldens
+    from porting.verify.goldens import Goldens
 
     damage, message = GOLDEN_CASES[case]
     path = tmp_path / "goldens.h5"
@@ -325,7 +325,7 @@ def _corrupt_chunk(path, name: str, index: int = 1) -> None:
 
 def test_golden_with_a_damaged_chunk_is_one_line_at_reading(golden, verify_with_model,
                                                              tmp_path):
-    from porting.goldens import Goldens
+    from porting.verify.goldens import Goldens
 
     path = tmp_path / "goldens.h5"
     golden(path)
@@ -346,7 +346,7 @@ def test_golden_with_a_damaged_chunk_is_one_line_at_reading(golden, verify_with_
 
 
 def test_golden_with_damaged_inputs_is_one_line_at_open(golden, tmp_path):
-    from porting.goldens import Goldens
+    from porting.verify.goldens import Goldens
 
     path = tmp_path / "goldens.h5"
     golden(path)
@@ -385,7 +385,7 @@ def test_goldens_leading_outside_are_refused_before_reading(case, golden, verify
 def test_recorded_layout_opens(golden, tmp_path):
     """The hand-built golden file above is one the reader accepts (so each case tests its one
     damage)."""
-    from porting.goldens import Goldens
+    from porting.verify.goldens import Goldens
 
     path = tmp_path / "goldens.h5"
     golden(path)

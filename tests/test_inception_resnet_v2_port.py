@@ -15,7 +15,7 @@ from conftest import IRV2_VARIANTS
 from models import model_for_state_dict
 from models.inception_resnet_v2.spec import SPEC
 from porting.cli import main
-from porting.parity import compare, torch_outputs
+from porting.verify.parity import compare, torch_outputs
 
 DATA = Path(__file__).parent / "data"
 
@@ -82,7 +82,7 @@ def test_negative_controls_fail(sabotage, models_by_variant, irv2_reference, pho
 def test_checkpoint_names_are_the_recorded_release_names(irv2):
     """The fixture holds exactly the names a converter of the real release reads (recorded list,
     source cited in the file) plus the AuxLogits head, which that converter never reads."""
-    from porting.readers import open_reader
+    from porting.read.open import open_reader
 
     recorded = json.loads((DATA / "tf_slim_inception_resnet_v2_variables.json").read_text())
     names = {name: list(shape) for name, shape in recorded["variables"]}
@@ -129,7 +129,7 @@ def test_each_release_archive_layout_ports(irv2, irv2_ported_files, tmp_path):
     names, inspected only) and the V1 single file of the 2016 base release port to the same
     bytes as the checkpoint itself, and are named as releases."""
     from ckpt_tools import read_all, write_v1_checkpoint
-    from porting.registry import load_registry
+    from porting.releases.registry import load_registry
 
     prefix = irv2[0]
     v1 = write_v1_checkpoint(tmp_path / "v1" / "model.ckpt", read_all(prefix))

@@ -42,7 +42,7 @@ def spec_shapes(classes: int, aux: bool) -> dict[str, tuple]:
 
 @pytest.fixture(scope="module")
 def images():
-    from porting.photos import load_photos
+    from porting.verify.photos import load_photos
 
     _, batch = load_photos()
     assert batch.shape == (10, 299, 299, 3)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from models import model_for_state_dict
 from porting.cli import main
 from models.inception_v3.spec import LAYERS
-from porting.parity import compare, torch_outputs
+from porting.verify.parity import compare, torch_outputs
 from models.calibration import whitened_classifier
 
 
@@ -40,7 +40,7 @@ def _calibrated_keras3(images: np.ndarray, seed: int = 0):
 def keras_files(photos, tmp_path_factory):
     """{format: (weights file, Keras's logits on the photos)}; the Keras 2 file is written by
     tf_keras from a copy of the Keras 3 model's weights."""
-    from porting.tf_runtime import import_tensorflow
+    from models.tf_runtime import import_tensorflow
 
     import_tensorflow()  # quiet start-up logs
     import tf_keras
@@ -61,7 +61,7 @@ def keras_files(photos, tmp_path_factory):
 
 def test_keras_creation_order_matches_tf_slim_scopes(keras_files, synthetic_ckpt):
     """Why the reader sorts by name counter: model.layers interleaves branches, creation does not."""
-    from porting.readers import open_reader
+    from porting.read.open import open_reader
 
     convs = [layer for layer in keras_files["model"].layers if layer.__class__.__name__ == "Conv2D"]
     created = sorted(convs, key=lambda l: int(re.fullmatch(r"conv2d(?:_(\d+))?", l.name).group(1) or 0))
@@ -128,7 +128,7 @@ def test_keras_reader_imports_neither_tensorflow_nor_torch(keras_files, tmp_path
 
     path, _ = keras_files["keras2"]
     code = ("import sys; from porting.convert import PortOptions, convert; "
-            "from porting.readers import open_reader; "
+            "from porting.read.open import open_reader; "
             f"convert(open_reader({str(path)!r}), PortOptions(aux=False)); "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,7 +7,7 @@ import pytest
 from blocked_imports import CLI, TENSORFLOW, run_blocked
 from porting.convert import PortOptions
 from porting.pipeline import port_checkpoint
-from porting.sources import V1, resolve_source
+from porting.read.sources import V1, resolve_source
 
 NO_TF_NO_TORCH = (*TENSORFLOW, "torch")
 
@@ -22,7 +22,7 @@ def tf_ported(synthetic_ckpt, tmp_path_factory):
 @pytest.fixture(scope="session")
 def v1_copy(synthetic_ckpt, tmp_path_factory):
     """The synthetic checkpoint's variables re-saved by TensorFlow as one V1 file."""
-    from porting.tf_runtime import import_tensorflow
+    from models.tf_runtime import import_tensorflow
 
     tf = import_tensorflow()
     values = tf.train.load_checkpoint(str(synthetic_ckpt))

@@ -9,9 +9,9 @@ from ckpt_tools import read_all
 from dtype_checkpoints import PARTITIONED, V1_UNSUPPORTED, VALUES, same
 
 from porting.errors import PortError
-from porting.readers import open_reader
-from porting.sources import V1, V2, resolve_source
-from porting.sstable import FOOTER_SIZE, read_varint
+from porting.read.open import open_reader
+from porting.read.sources import V1, V2, resolve_source
+from porting.read.sstable import FOOTER_SIZE, read_varint
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +107,7 @@ def test_a_folder_with_a_v1_and_a_v2_checkpoint_is_ambiguous(tmp_path, checkpoin
 
 def test_reading_is_lazy(checkpoints, monkeypatch):
     """Opening touches the index only; a read touches only its own tensor's bytes."""
-    import porting.native_reader as native
+    import porting.read.native as native
 
     reads = []
     real = native.read_exact

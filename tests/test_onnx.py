@@ -4,7 +4,7 @@ architectures in ONNX Runtime and OpenVINO against TF's outputs on the photos (a
 
 The references are the session's TF outputs (TF-Slim's graph for Inception v3, Keras + TF's aux
 head for Inception-ResNet-v2) stored as golden files: no TF graph is rebuilt here (``--src``
-shares ``porting.verify.open_reference`` with the .pth tests).
+shares ``porting.verify.run.open_reference`` with the .pth tests).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
 from porting.cli import main
-from porting.goldens import GoldenRecorder, SourceInfo
-from porting.onnx_export import export_weights
-from porting.onnx_graph import check_average_pools, read_exported
+from porting.verify.goldens import GoldenRecorder, SourceInfo
+from porting.onnx.export import export_weights
+from porting.onnx.graph import check_average_pools, read_exported
 
 
 def _run(*args):

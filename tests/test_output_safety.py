@@ -132,8 +132,8 @@ def test_empty_dst_is_one_line(synthetic_ckpt, tmp_path, monkeypatch):
 
 def test_reporting_keeps_the_recorded_parity_and_other_sidecars_need_force(synthetic_ckpt,
                                                                            tmp_path):
-    from porting.manifest import record_parity
-    from porting.parity import Parity
+    from porting.write.manifest import record_parity
+    from porting.verify.parity import Parity
 
     first = run("--src", synthetic_ckpt, "--dst", tmp_path / "m.pth", "--model-card")
     assert first.exit_code == 0, first.output
@@ -206,7 +206,7 @@ def test_sigterm_during_a_port_leaves_nothing(synthetic_ckpt, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
-    code = ("import time, porting.writer as w; real = w.save_state_dict\n"
+    code = ("import time, porting.write.hashed as w; real = w.save_state_dict\n"
             "def slow(sd, f):\n    real(sd, f); print('staged', flush=True); time.sleep(60)\n"
             "w.save_state_dict = slow\n"
             "import sys; from porting.cli import run; sys.argv[1:] = "

@@ -6,14 +6,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from porting.cli import main
-from porting.photos import PHOTOS, photo_dir
+from porting.verify.photos import PHOTOS, photo_dir
 from porting.predict import class_name
 from porting.preprocess import central_crop_box, load_image, tf_slim_eval
 
 
 @pytest.fixture(scope="module")
 def tf():
-    from porting.tf_runtime import import_tensorflow
+    from models.tf_runtime import import_tensorflow
 
     return import_tensorflow()
 

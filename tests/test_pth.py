@@ -1,4 +1,4 @@
-"""porting.pth writes what torch.save writes, without torch; torch reads it back exactly."""
+"""porting.write.pth writes what torch.save writes, without torch; torch reads it back exactly."""
 import io
 import struct
 import zipfile
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from porting.convert import PortOptions, convert
-from porting.pth import save_state_dict
-from porting.readers import open_reader
+from porting.write.pth import save_state_dict
+from porting.read.open import open_reader
 
 SERIALIZATION_ID = "archive/.data/serialization_id"
 

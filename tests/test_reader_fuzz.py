@@ -26,11 +26,11 @@ import porting
 import pytest
 from dtype_checkpoints import _block_contents, _mask, _varint, same
 
-import porting.native_reader
-import porting.sstable
+import porting.read.native
+import porting.read.sstable
 from porting.errors import PortError
-from porting.readers import open_reader
-from porting.sstable import FOOTER_SIZE, TABLE_MAGIC, Table, crc32c
+from porting.read.open import open_reader
+from porting.read.sstable import FOOTER_SIZE, TABLE_MAGIC, Table, crc32c
 
 MUTATIONS_PER_FILE = 45
 TARGETS = [("v2", ".index"), ("v2", ".data-00000-of-00001"), ("v2_snappy", ".index"),
@@ -64,15 +64,15 @@ class ReadMeter:
 
     def __init__(self, monkeypatch):
         self.calls = self.bytes = 0
-        real = porting.sstable.read_exact
+        real = porting.read.sstable.read_exact
 
         def counted(path, offset, size, what):
             self.calls += 1
             self.bytes += size
             return real(path, offset, size, what)
 
-        monkeypatch.setattr(porting.sstable, "read_exact", counted)
-        monkeypatch.setattr(porting.native_reader, "read_exact", counted)
+        monkeypatch.setattr(porting.read.sstable, "read_exact", counted)
+        monkeypatch.setattr(porting.read.native, "read_exact", counted)
 
     def reset(self) -> None:
         self.calls = self.bytes = 0
@@ -236,7 +236,7 @@ def _crc_valid_mutant(path: Path, rng: random.Random) -> tuple[str, bytes]:
 TF_READ_MUTANTS = """
 import pickle, sys
 from porting.errors import PortError
-from porting.readers import open_reader
+from porting.read.open import open_reader
 results = {}
 for case in sys.argv[2:]:
     try:

@@ -19,8 +19,8 @@ import pytest
 from dtype_checkpoints import same
 
 from porting.errors import PortError
-from porting.readers import open_reader, open_source
-from porting.sources import resolve_source
+from porting.read.open import open_reader, open_source
+from porting.read.sources import resolve_source
 
 CODE_ROOT = Path(porting.__file__).resolve().parents[1]  # subprocesses run the code under test
 
@@ -166,7 +166,7 @@ def test_tf_reader_failing_to_open_leaves_no_links(tf, checkpoints, tmp_path, mo
 TF_READ_ALL = """
 import sys
 from porting.errors import PortError
-from porting.readers import open_source
+from porting.read.open import open_source
 for prefix, damaged in zip(sys.argv[1::2], sys.argv[2::2]):
     outcomes = []
     with open_source(prefix, "tf") as opened:
@@ -216,7 +216,7 @@ def test_tf_cli_on_truncated_data_is_one_line(checkpoints, tmp_path):
 
 def test_tf_readable_prefix_for_the_oracles(tf, checkpoints, tmp_path, monkeypatch):
     """What ``verify --src`` needs: a prefix TensorFlow reads as the checkpoint's files."""
-    from porting.tf_reader import tf_readable_prefix
+    from porting.read.tf import tf_readable_prefix
 
     monkeypatch.setattr(tempfile, "tempdir", str(_tmpdir(tmp_path)))
     plain = resolve_source(checkpoints["v2"])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from porting import registry
-from porting.manifest import hash_source_files, model_card, source_record
+from porting.releases import registry
+from porting.write.manifest import hash_source_files, model_card, source_record
 
 RELEASE = "adv_inception_v3"
 

@@ -26,11 +26,11 @@ from models.resnet import model as resnet_model
 from models.spec import get_architecture
 from porting.cli import main
 from porting.convert import PortOptions
-from porting.parity import compare, torch_outputs
-from porting.photos import load_photos
+from porting.verify.parity import compare, torch_outputs
+from porting.verify.photos import load_photos
 from porting.pipeline import port_checkpoint
-from porting.registry import load_registry
-from porting.verify import Report, compare_end_points
+from porting.releases.registry import load_registry
+from porting.verify.run import Report, compare_end_points
 from porting.weights import load_ported
 
 from conftest import BATCH_1_IMAGES
@@ -232,7 +232,7 @@ def test_goldens_predict_and_model_card(case, tmp_path):
                                   str(tmp_path / "bad.pth")])
     assert result.exit_code == 1 and "first divergence at Logits" in result.output
 
-    from porting.photos import PHOTOS, photo_dir
+    from porting.verify.photos import PHOTOS, photo_dir
     result = runner.invoke(main, ["predict", str(case.weights), str(photo_dir() / PHOTOS[1])])
     assert result.exit_code == 0, result.output
     with torch.inference_mode():  # the same photo, preprocessed by the same VGG recipe

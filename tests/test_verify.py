@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from blocked_imports import CLI, TENSORFLOW, run_blocked
 from models.inception_v3.spec import SPEC
 from porting.cli import main
-from porting.verify import compare_end_points, first_class_for
+from porting.verify.run import compare_end_points, first_class_for
 from porting.weights import load_ported
 
 END_POINTS = SPEC.end_points
@@ -83,7 +83,7 @@ def test_padding_counting_pools_are_found_at_mixed_5b(ported_files, photos, tf_e
 
 def test_class_count_must_fit_the_checkpoint(ported_files, tf_end_points):
     from porting.errors import PortError
-    from porting.goldens import SourceInfo
+    from porting.verify.goldens import SourceInfo
 
     model = load_ported(ported_files["1000"])
     assert first_class_for("f.pth", model, SourceInfo("ckpt", {}, 1001, True, False, "float32")) == 1
@@ -114,8 +114,8 @@ def test_cli_verify_prints_every_end_point_and_passes(goldens):
 
 
 def test_goldens_hold_inputs_end_points_and_checkpoint_hashes(goldens, synthetic_ckpt):
-    from porting.goldens import Goldens
-    from porting.writer import sha256_file
+    from porting.verify.goldens import Goldens
+    from porting.write.hashed import sha256_file
 
     golden = Goldens(goldens[1])
     try:
@@ -173,7 +173,7 @@ def test_bad_goldens_give_one_line_naming_the_file(tmp_path, ported_files):
 
 
 def test_verify_records_parity_in_the_manifest(goldens, ported_files):
-    from porting.manifest import sidecar
+    from porting.write.manifest import sidecar
 
     result = goldens[0]
     manifest_path = sidecar(ported_files["1000"], ".json")
@@ -186,8 +186,8 @@ def test_verify_records_parity_in_the_manifest(goldens, ported_files):
 
 def _with_manifest(weights, manifest_from, sha256=None):
     """Put ``manifest_from``'s manifest beside ``weights`` (its output sha256 replaced)."""
-    from porting.manifest import sidecar
-    from porting.writer import sha256_file
+    from porting.write.manifest import sidecar
+    from porting.write.hashed import sha256_file
 
     manifest = json.loads(sidecar(manifest_from, ".json").read_text())
     manifest["output"]["sha256"] = sha256 or sha256_file(weights)
@@ -241,15 +241,15 @@ def test_contradictory_or_empty_requests_are_usage_errors(args, message):
 
 def _fake_report(monkeypatch):
     """Make the CLI's verify return a report with an infinite gradient error, running nothing."""
-    import porting.verify
-    from porting.gradients import GradientParity
-    from porting.parity import Parity
+    import porting.verify.run
+    from porting.verify.gradients import GradientParity
+    from porting.verify.parity import Parity
 
-    report = porting.verify.Report(
+    report = porting.verify.run.Report(
         "w.pth", "goldens g.h5", ["a.png"], "float32",
         end_points={"Logits": Parity(0.0, 1.0, 1e-4, 1, 1, 1)},
         gradients=GradientParity(float("inf"), 0.1, float("nan"), 1, 1, 0, 1))
-    monkeypatch.setattr(porting.verify, "run", lambda request, progress=None: report)
+    monkeypatch.setattr(porting.verify.run, "run", lambda request, progress=None: report)
 
 
 def test_json_report_is_strict_json_with_null_for_non_finite_numbers(monkeypatch, tmp_path):
@@ -280,7 +280,7 @@ def test_unwritable_json_report_is_one_line(monkeypatch, tmp_path):
 
 
 def _source_info():
-    from porting.goldens import SourceInfo
+    from porting.verify.goldens import SourceInfo
 
     return SourceInfo("ckpt", {"ckpt.index": "0" * 64}, 1001, True, False, "float32")
 
@@ -288,7 +288,7 @@ def _source_info():
 def test_recorder_failing_to_start_leaves_nothing(monkeypatch, tmp_path):
     import numpy as np
 
-    from porting import goldens as goldens_module
+    from porting.verify import goldens as goldens_module
     from porting.errors import PortError
 
     def disk_full(self, *args, **kwargs):
@@ -306,7 +306,7 @@ def test_recorder_failing_to_start_leaves_nothing(monkeypatch, tmp_path):
 def test_recorder_failing_to_finish_leaves_nothing(monkeypatch, tmp_path):
     import numpy as np
 
-    from porting import goldens as goldens_module
+    from porting.verify import goldens as goldens_module
     from porting.errors import PortError
 
     monkeypatch.setattr(goldens_module, "_versions", lambda: {})

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.inception_resnet_v2.spec import BN_EPS
 from models.layers import (BasicConv2d, aux_logits, conv_bn_factory, inception_stem,
                            max_pool_3x3_s2, tf_same_avg_pool)
 
@@ -187,7 +188,7 @@ class InceptionResNetV2(nn.Module):
         self.num_classes = num_classes
         self.fold_bn = fold_bn
 
-        conv = conv_bn_factory(fold_bn, device)
+        conv = conv_bn_factory(fold_bn, device, eps=BN_EPS)
 
         self.conv2d_1a = conv(3, 32, 3, stride=2)
         self.conv2d_2a = conv(32, 32, 3)

@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from models.calibration import whitened_classifier
-from models.inception_resnet_v2.spec import SPEC
+from models.inception_resnet_v2.spec import BN_EPS, SPEC
 from models.spec import AUX_SCOPE, EMA_SUFFIX
 from models.tf_slim_graph import BETA_STD, GLOBAL_STEP, checkpoint_layout
 from porting.errors import PortError, first_line
 from models.tf_runtime import import_tensorflow
 
-BN_EPSILON = 1e-3          # TF-Slim's inception_resnet_v2_arg_scope (and Keras's default)
 UP_BIAS_STD = 0.1          # up conv biases, as a fraction of the block input's std
 BACKGROUND_SCALE = 0.5     # the synthetic background logit, relative to a whitened class
 MEASURE_IMAGES = 4         # images of the pass that scales the residual up convs
@@ -102,8 +101,8 @@ def keras_weight_map(model) -> list[tuple[object, str, tuple]]:
         if conv.bias is not None or norm.gamma is not None:
             raise ValueError(f"{conv.name}/{norm.name}: expected a conv without bias and a "
                              "batch norm without gamma")
-        if abs(norm.epsilon - BN_EPSILON) > 1e-9:
-            raise ValueError(f"{norm.name}: epsilon {norm.epsilon}, TF-Slim's is {BN_EPSILON}")
+        if abs(norm.epsilon - BN_EPS) > 1e-9:
+            raise ValueError(f"{norm.name}: epsilon {norm.epsilon}, TF-Slim's is {BN_EPS}")
         for role, var in (("weight", conv.kernel), ("beta", norm.beta),
                           ("mean", norm.moving_mean), ("var", norm.moving_variance)):
             pairs.append((var, names[role], shapes[role]))
@@ -301,7 +300,7 @@ _AUX_CONVS = ("Conv2d_1b_1x1", "Conv2d_2a_5x5")
 
 
 def _bn_relu(tf, x, beta, mean, var):
-    return tf.nn.relu(tf.nn.batch_normalization(x, mean, var, beta, None, BN_EPSILON))
+    return tf.nn.relu(tf.nn.batch_normalization(x, mean, var, beta, None, BN_EPS))
 
 
 def aux_logits(pre_aux: np.ndarray, variables: dict, dtype: str = "float32") -> np.ndarray:

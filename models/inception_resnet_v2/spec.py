@@ -16,6 +16,7 @@ convs are ``nn.Sequential``s in TF-Slim's order), so a file without the aux head
 """
 from models.spec import Architecture, KerasAdapter, inception_eval, table
 
+BN_EPS = 1e-3  # inception_resnet_v2_arg_scope's batch_norm_epsilon (no gamma: scale=False)
 ROOT = "InceptionResnetV2"
 BLOCKS = (("Repeat", "block35", "repeat", 10), ("Repeat_1", "block17", "repeat_1", 20),
           ("Repeat_2", "block8", "repeat_2", 9))
@@ -58,7 +59,7 @@ def _repeat(index: int, block) -> str:
     return "".join(block(f"{scope}/{name}_{i + 1}", f"{module}.{i}") for i in range(count))
 
 
-LAYERS = table(ROOT, "".join([
+LAYERS = table(ROOT, bn_eps=BN_EPS, rows="".join([
     """
     Conv2d_1a_3x3                    conv2d_1a            conv_bn   3x3 3 32
     Conv2d_2a_3x3                    conv2d_2a            conv_bn   3x3 32 32

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.inception_v3.spec import BN_EPS
 from models.layers import (BasicConv2d, aux_logits, conv_bn_factory, inception_stem,
                            max_pool_3x3_s2, tf_same_avg_pool)
 
@@ -178,7 +179,7 @@ class InceptionV3(nn.Module):
         self.num_classes = num_classes
         self.fold_bn = fold_bn
 
-        conv = conv_bn_factory(fold_bn, device)
+        conv = conv_bn_factory(fold_bn, device, eps=BN_EPS)
 
         self.Conv2d_1a_3x3 = conv(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = conv(32, 32, 3)

@@ -8,6 +8,7 @@ Mixed_6a's 3x3 convs named ``*_1x1``, Mixed_7b's ``Conv2d_0b_3x1`` vs Mixed_7c's
 """
 from models.spec import Architecture, KerasAdapter, inception_eval, table
 
+BN_EPS = 1e-3  # inception_v3_arg_scope's batch_norm_epsilon (no gamma: scale=False)
 ROOT = "InceptionV3"
 
 
@@ -53,7 +54,7 @@ def _inception_e(block: str, in_chs: int, branch1_3x1: str) -> str:
 """
 
 
-LAYERS = table(ROOT, "".join([
+LAYERS = table(ROOT, bn_eps=BN_EPS, rows="".join([
     """
     Conv2d_1a_3x3                    Conv2d_1a_3x3            conv_bn  3x3 3 32
     Conv2d_2a_3x3                    Conv2d_2a_3x3            conv_bn  3x3 32 32

@@ -1,0 +1,23 @@
+"""What the converter knows about an architecture, as data and without torch.
+
+Every architecture is one folder under ``models/`` whose ``spec.py`` defines ``SPEC``, an
+``Architecture``: the one table from TF-Slim variable scopes to PyTorch modules (with each
+layer's kind and shape, in the model's state-dict order), the TF-Slim end points, and the
+evaluation config (timm's "pretrained cfg": input size, crop, interpolation, mean/std, classes,
+label offset, classifier name). ``architectures()`` finds the folders; nothing outside them
+names an architecture.
+
+A layer kind is defined once, here: which TF variables live under its scope, which PyTorch keys
+it fills (plain and with batch norm folded), the shape rule between the two and the transform.
+The tests check each table against its PyTorch model's ``state_dict()`` for every variant.
+"""
+from models.spec.architecture import Architecture, KerasAdapter
+from models.spec.config import ClassLayout, EvalConfig, inception_eval
+from models.spec.discovery import (EMA_SUFFIX, NON_MODEL_NAMES, SLOT_SUFFIXES,
+                                   UnknownArchitecture, architecture_of_model,
+                                   architecture_of_state_dict, architectures,
+                                   detect_architecture, get_architecture, non_model_reason,
+                                   representatives)
+from models.spec.kinds import (BUFFERS, KINDS, BatchNorm, ConvBias, ConvBN, LayerKind,
+                               layer_kind, make_kind)
+from models.spec.table import AUX_SCOPE, Layer, table
