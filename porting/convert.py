@@ -7,14 +7,15 @@ anything else left over is an error that names it.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from models.spec import (EMA_SUFFIX, Architecture, Layer, UnknownArchitecture,
-                         detect_architecture, get_architecture, non_model_reason)
+from models.spec import (EMA_SUFFIX, Architecture, ClassLayout, Layer, UnknownArchitecture,
+                         architectures, get_architecture)
 from porting.errors import PortError
+from porting.leftovers import non_model_reason
 from porting.read.api import CheckpointReader
 
 
@@ -41,12 +42,31 @@ class Conversion:
     source_classes: int = 0
     architecture: Architecture | None = None
     options: PortOptions = PortOptions()  # as applied: no aux for an architecture without one
+    classes: ClassLayout | None = None  # which outputs are which classes (source_classes in)
 
 
 def _fmt_names(names, limit: int = 4) -> str:
     names = sorted(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def detect_architecture(variable_names) -> Architecture:
+    """The architecture whose TF-Slim root scope holds the model variables among
+    ``variable_names`` (training leftovers aside); UnknownArchitecture naming the root scopes
+    found otherwise."""
+    roots = Counter(name.split("/", 1)[0] for name in variable_names
+                    if "/" in name and non_model_reason(name) is None)
+    by_root = {spec.tf_root: spec for spec in architectures().values()}
+    matches = [by_root[root] for root in roots if root in by_root]
+    if len(matches) == 1:
+        return matches[0]
+    found = ", ".join(f"{root} ({count} variables)" for root, count in roots.most_common(4))
+    known = ", ".join(f"{spec.tf_root} ({spec.name})" for spec in by_root.values())
+    if matches:
+        raise UnknownArchitecture(f"variables of several architectures ({found}); pass --arch")
+    raise UnknownArchitecture(f"no known architecture: root scopes {found or 'none'} "
+                              f"(known: {known})")
 
 
 def architecture_of(reader: CheckpointReader, options: PortOptions) -> Architecture:
@@ -113,8 +133,9 @@ def plan_variables(reader: CheckpointReader, options: PortOptions,
     return layers, sources, skipped
 
 
-def _check_shapes(reader, spec: Architecture, layers, sources, options) -> int:
-    """Check every variable's dtype and shape against the target; return the source's classes."""
+def _check_shapes(reader, spec: Architecture, layers, sources, options) -> ClassLayout:
+    """Check every variable's dtype and shape against the target; return the class layout of
+    the port (the source's classes and those kept)."""
     available = reader.variables()
     path = reader.source.files[0]
     logits_bias = sources[spec.classifier.variables()["bias"]]
@@ -122,9 +143,11 @@ def _check_shapes(reader, spec: Architecture, layers, sources, options) -> int:
         raise PortError(f"{path}: {logits_bias} has shape {list(available[logits_bias].shape)}, "
                         "expected [classes]")
     source_classes = available[logits_bias].shape[0]
-    if options.num_classes != source_classes - label_offset(spec, source_classes, options):
+    try:
+        classes = ClassLayout.of(spec.eval, options.num_classes, source_classes)
+    except ValueError:
         raise PortError(f"{path}: checkpoint classifier has {source_classes} classes; "
-                        f"--num-classes {options.num_classes} cannot be made from it")
+                        f"--num-classes {options.num_classes} cannot be made from it") from None
     for layer in layers:
         expected_shapes = layer.kind.tf_shapes(layer.shape, source_classes)
         for role, name in layer.variables().items():
@@ -135,7 +158,7 @@ def _check_shapes(reader, spec: Architecture, layers, sources, options) -> int:
                                 f"expected {list(expected)}")
             if info.dtype.kind != "f":
                 raise PortError(f"{path}: {sources[name]} has dtype {info.dtype}, expected float")
-    return source_classes
+    return classes
 
 
 def _check_finite(path, name: str, value: np.ndarray) -> None:
@@ -148,15 +171,6 @@ def _check_finite(path, name: str, value: np.ndarray) -> None:
                         f"{value.size}; --allow-nonfinite ports it anyway")
 
 
-def label_offset(spec: Architecture, source_classes: int, options: PortOptions) -> int:
-    """How many leading classes (TF-Slim's background) the port drops: the architecture's
-    label offset when the checkpoint has TF-Slim's classes and fewer are asked for, else 0."""
-    offset = spec.eval.label_offset
-    if source_classes == spec.eval.num_classes and options.num_classes == source_classes - offset:
-        return offset
-    return 0
-
-
 @dataclass(frozen=True)
 class Plan:
     """Everything a port decides from the index alone, before any tensor is read."""
@@ -165,23 +179,27 @@ class Plan:
     sources: dict[str, str]   # model variable -> checkpoint variable that supplies it
     skipped: dict[str, str]   # checkpoint variable -> reason
     layout: "OrderedDict[str, tuple[int, ...]]"
-    source_classes: int
+    classes: ClassLayout      # the checkpoint's classes and those the port keeps
+
+    @property
+    def source_classes(self) -> int:
+        return self.classes.source
 
 
 def plan(reader: CheckpointReader, options: PortOptions) -> Plan:
     """Names, shapes and dtypes checked against the target; PortError on anything wrong."""
     spec = architecture_of(reader, options)
     layers, sources, skipped = plan_variables(reader, options, spec)
-    source_classes = _check_shapes(reader, spec, layers, sources, options)
+    classes = _check_shapes(reader, spec, layers, sources, options)
     layout = spec.target_layout(options.num_classes, options.aux, options.fold_bn)
-    return Plan(spec, layers, sources, skipped, layout, source_classes)
+    return Plan(spec, layers, sources, skipped, layout, classes)
 
 
 def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> Conversion:
     """Build the PyTorch state dict for ``options`` from ``reader``'s checkpoint."""
     checked = plan(reader, options)
     layers, sources, skipped, layout = checked.layers, checked.sources, checked.skipped, checked.layout
-    drop = label_offset(checked.architecture, checked.source_classes, options)
+    drop = checked.classes.dropped  # TF's background, where the port leaves it out
 
     tensors, mapped = {}, {}
     path = reader.source.files[0]
@@ -206,4 +224,4 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
     state_dict = OrderedDict((key, tensors[key]) for key in layout)
     applied = replace(options, aux=options.aux and checked.architecture.has_aux)
     return Conversion(state_dict, mapped, dict(sorted(skipped.items())), checked.source_classes,
-                      checked.architecture, applied)
+                      checked.architecture, applied, checked.classes)

@@ -15,7 +15,7 @@ import numpy as np
 
 from models.calibration import synthetic_label
 from models.spec import get_architecture
-from porting.convert import PortOptions, label_offset
+from porting.convert import PortOptions
 from porting.verify.parity import compare, torch_outputs
 from porting.releases.registry import get_release
 
@@ -83,7 +83,7 @@ def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
     conversion = result.conversion
 
     names, images = load_photos(config=conversion.architecture.eval)
-    dropped = label_offset(conversion.architecture, conversion.source_classes, options)
+    dropped = conversion.classes.dropped
     reference = reference_logits(src, images)[:, dropped:]  # TF's background left out
     model = load_ported(result.written.path)  # the written file, as a user loads it
     parity = compare(torch_outputs(model, images, len(images))["Logits"], reference)

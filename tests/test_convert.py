@@ -5,8 +5,10 @@ import torch
 
 from ckpt_tools import read_all
 from models import model_for_state_dict
+from models.spec import EMA_SUFFIX, ClassLayout
 from porting.convert import PortOptions, convert
 from porting.errors import PortError
+from porting.leftovers import non_model_reason
 from models.inception_v3.spec import LAYERS
 from porting.verify.parity import compare, torch_outputs
 from porting.read.open import open_reader
@@ -37,6 +39,11 @@ def test_every_variable_is_accounted_for(synthetic_ckpt, tensors):
     assert set(conversion.mapped) == set(tensors) - {"global_step"}
     assert conversion.skipped == {"global_step": "training counter"}
     assert conversion.source_classes == 1001
+    assert conversion.classes == ClassLayout(source=1001, background=1, outputs=1001)
+    assert (conversion.classes.dropped, conversion.classes.offset) == (0, 1)
+    dropped = _port(synthetic_ckpt, num_classes=1000).classes
+    assert dropped == ClassLayout(source=1001, background=1, outputs=1000)
+    assert (dropped.dropped, dropped.offset) == (1, 0)
     for key, array in conversion.state_dict.items():  # what the writers take
         assert array.flags.c_contiguous, key
         assert array.dtype == np.dtype("<i8" if key.endswith("num_batches_tracked") else "<f4")
@@ -99,6 +106,15 @@ def test_training_leftovers_are_skipped(variant, tensors):
                        "optimizer slot (RMSProp)", "optimizer slot (RMSProp_1)"}
     w = tensors["InceptionV3/Conv2d_1a_3x3/weights"].transpose(3, 2, 0, 1)
     assert np.array_equal(conversion.state_dict["Conv2d_1a_3x3.conv.weight"], w)
+
+
+def test_the_leftover_rule_names_each_kind():
+    assert non_model_reason("global_step") == non_model_reason("beta2_power") == "training counter"
+    assert non_model_reason("A/weights/Adam_1") == "optimizer slot (Adam_1)"
+    assert non_model_reason("A/weights/Momentum") == "optimizer slot (Momentum)"
+    assert non_model_reason("A/weights" + EMA_SUFFIX) == \
+        "moving-average shadow (ExponentialMovingAverage)"
+    assert non_model_reason("A/weights") is None and non_model_reason("A/Adam/weights") is None
 
 
 def test_ema_takes_the_shadows_and_matches_tf_restoring_them(variant, photos):
@@ -195,6 +211,8 @@ def test_class_counts(variant):
         return tensors
 
     prefix = variant("thousand", thousand)
-    assert _port(prefix, num_classes=1000).state_dict["fc.bias"].shape == (1000,)
+    conversion = _port(prefix, num_classes=1000)
+    assert conversion.state_dict["fc.bias"].shape == (1000,)
+    assert conversion.classes == ClassLayout(source=1000, background=0, outputs=1000)
     with pytest.raises(PortError, match="has 1000 classes; --num-classes 1001 cannot be made"):
         _port(prefix, num_classes=1001)

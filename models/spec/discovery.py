@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pkgutil
-from collections import Counter
 from functools import lru_cache
 from importlib import import_module
 
@@ -49,23 +48,6 @@ def get_architecture(name: str) -> Architecture:
     return known[name]
 
 
-def detect_architecture(variable_names) -> Architecture:
-    """The architecture whose TF-Slim root scope holds the model variables among
-    ``variable_names``; UnknownArchitecture naming the root scopes found otherwise."""
-    roots = Counter(name.split("/", 1)[0] for name in variable_names
-                    if "/" in name and non_model_reason(name) is None)
-    by_root = {spec.tf_root: spec for spec in architectures().values()}
-    matches = [by_root[root] for root in roots if root in by_root]
-    if len(matches) == 1:
-        return matches[0]
-    found = ", ".join(f"{root} ({count} variables)" for root, count in roots.most_common(4))
-    known = ", ".join(f"{spec.tf_root} ({spec.name})" for spec in by_root.values())
-    if matches:
-        raise UnknownArchitecture(f"variables of several architectures ({found}); pass --arch")
-    raise UnknownArchitecture(f"no known architecture: root scopes {found or 'none'} "
-                              f"(known: {known})")
-
-
 def architecture_of_state_dict(keys) -> tuple[Architecture, dict]:
     """(architecture, model options) of a ported state dict from its keys and shapes."""
     pairs = list(keys)
@@ -81,24 +63,6 @@ def architecture_of_state_dict(keys) -> tuple[Architecture, dict]:
     raise UnknownArchitecture("not a state dict of a known architecture (" + ", ".join(
         f"{s.name}: no {s.eval.classifier}.weight" for s in architectures().values()) + ")")
 
-# --- what else TF-Slim training checkpoints hold ------------------------------------------------
-
-NON_MODEL_NAMES = frozenset({"global_step", "beta1_power", "beta2_power"})
-# Suffixes of optimizer slots and moving-average shadows that TF trainers add to model variables.
-SLOT_SUFFIXES = ("/ExponentialMovingAverage", "/RMSProp", "/RMSProp_1", "/Momentum",
-                 "/Adam", "/Adam_1", "/Adagrad", "/Ftrl", "/Ftrl_1")
-EMA_SUFFIX = "/ExponentialMovingAverage"
-
-
-def non_model_reason(name: str) -> str | None:
-    """Why a checkpoint variable is not a model weight, or None if it should be one."""
-    if name in NON_MODEL_NAMES:
-        return "training counter"
-    for suffix in SLOT_SUFFIXES:
-        if name.endswith(suffix):
-            kind = "moving-average shadow" if suffix == EMA_SUFFIX else "optimizer slot"
-            return f"{kind} ({suffix[1:]})"
-    return None
 
 def architecture_of_model(model) -> Architecture:
     """The architecture whose PyTorch class ``model`` is an instance of (no torch import)."""

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from models.spec.kinds import LayerKind, make_kind
 
 AUX_SCOPE = "AuxLogits"
+# TF's name for a variable's tf.train.ExponentialMovingAverage shadow: <variable> + EMA_SUFFIX
+EMA_SUFFIX = "/ExponentialMovingAverage"
 
 
 @dataclass(frozen=True)
