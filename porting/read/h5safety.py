@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from porting.errors import PortError
+from porting.errors import PortError, escaped, first_line
 
 _FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # what h5py raises
 
@@ -23,8 +23,7 @@ def shown(name) -> str:
     """An HDF5 name or path for a one-line message (control characters escaped)."""
     if isinstance(name, bytes):
         name = name.decode("utf-8", "backslashreplace")
-    name = str(name)
-    return name if name.isprintable() else ascii(name)[1:-1]
+    return escaped(str(name))
 
 
 def check_self_contained(path: str | Path, h5file) -> None:
@@ -40,7 +39,7 @@ def check_self_contained(path: str | Path, h5file) -> None:
         links = [(name, h5file.get(name, getlink=True)) for name in names]
     except _FAILURES as err:
         raise PortError(f"{path}: damaged HDF5 file: cannot list its objects "
-                        f"({type(err).__name__}: {shown(_first_line(err))})") from err
+                        f"({type(err).__name__}: {first_line(err, escape=True)})") from err
     soft = []
     for name, link in links:
         if isinstance(link, h5py.ExternalLink):
@@ -70,7 +69,7 @@ def check_self_contained(path: str | Path, h5file) -> None:
         h5file.visititems(check)  # H5Ovisit: every object, through hard links
     except _FAILURES as err:
         raise PortError(f"{path}: damaged HDF5 file: cannot inspect its objects "
-                        f"({type(err).__name__}: {shown(_first_line(err))})") from err
+                        f"({type(err).__name__}: {first_line(err, escape=True)})") from err
 
 
 def check_dataset(path: str | Path, dataset, name: str | None = None) -> None:
@@ -89,7 +88,3 @@ def check_dataset(path: str | Path, dataset, name: str | None = None) -> None:
         raise PortError(f"{path}: dataset {name} keeps its data in {count} external file(s) "
                         f"({first}{', ...' if count > 1 else ''}); refusing to read outside "
                         "the file")
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
