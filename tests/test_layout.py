@@ -1,12 +1,14 @@
 """Each architecture's table (``models/<name>/spec.py``, the converter's torch-free view of the
 model) against its PyTorch model: every key, shape and their order, for every variant."""
+import dataclasses
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
 from models import create_model
-from models.spec import architectures
+from models.spec import KINDS, ConvBN, LayerKind, architectures, layer_kind, make_kind, table
 
 VARIANTS = [(arch, classes, aux, fold) for arch, classes, aux, fold in itertools.product(
     architectures(), (1000, 1001), (True, False), (True, False))
@@ -71,3 +73,71 @@ def test_batch_norm_epsilon_is_the_tables(arch):
     bn.eps = 1e-3 if bn.eps != 1e-3 else 1e-5
     assert _batch_norm_eps_mismatches(spec, model) == [f"{layer.module}.bn: eps {bn.eps} != "
                                                        f"{layer.kind.bn_eps}"]
+
+
+
+# --- the layer-kind registry: loud on a duplicate name, open to a folder's own kinds -----------
+
+def test_a_second_kind_of_the_same_name_is_refused_naming_both():
+    try:
+        with pytest.raises(ValueError) as err:
+            @layer_kind("conv_bn")
+            class AnotherConvBN(ConvBN):
+                pass
+    finally:
+        KINDS["conv_bn"] = ConvBN  # had it been taken, the other tests still get the real one
+    here = f"{__name__}.test_a_second_kind_of_the_same_name_is_refused_naming_both.<locals>"
+    assert str(err.value) == ("layer kind 'conv_bn' is defined twice: models.spec.kinds.ConvBN "
+                              f"and {here}.AnotherConvBN")
+
+
+class _ConvReLU(LayerKind):
+    """A kind no generic one covers, as a folder would bring it (VGG's conv with bias + ReLU,
+    torchvision's ``features.N`` keys)."""
+
+    variables = {"weight": "weights", "bias": "biases"}
+
+    def layout(self, module, shape, classes, folded):
+        return [(f"{module}.weight", shape), (f"{module}.bias", shape[:1])]
+
+    def tf_shapes(self, shape, classes):
+        out_chs, in_chs, kh, kw = shape
+        return {"weight": (kh, kw, in_chs, out_chs), "bias": (out_chs,)}
+
+    def tensors(self, module, v, folded, drop):
+        return {f"{module}.weight": v["weight"].transpose(3, 2, 0, 1),
+                f"{module}.bias": v["bias"]}
+
+
+def test_a_folder_can_add_a_layer_kind():
+    conv_relu = layer_kind("test_conv_relu")(_ConvReLU)  # as a folder's spec.py would
+    try:
+        _check_a_table_with(conv_relu)
+    finally:
+        del KINDS["test_conv_relu"]  # unregistered: no other test sees it
+    with pytest.raises(ValueError, match="unknown layer kind 'test_conv_relu'"):
+        make_kind("test_conv_relu", 1e-3)
+
+
+def _check_a_table_with(conv_relu):
+    layers = table("Toy", """
+        conv1/conv1_1  features.0  test_conv_relu  3x3 3 64
+        conv2          features.2  conv_bn         1x1 64 32   # a generic kind beside it
+        fc8            classifier  fc_classifier   32
+    """, bn_eps=1e-5)
+    assert isinstance(layers[0].kind, conv_relu) and layers[0].kind.name == "test_conv_relu"
+    assert layers[0].variables() == {"weight": "Toy/conv1/conv1_1/weights",
+                                     "bias": "Toy/conv1/conv1_1/biases"}
+    toy = dataclasses.replace(architectures()["resnet_v1_50"], name="toy", tf_root="Toy",
+                              layers=tuple(layers))
+    assert list(toy.target_layout(1000, fold_bn=True).items()) == [
+        ("features.0.weight", (64, 3, 3, 3)), ("features.0.bias", (64,)),
+        ("features.2.conv.weight", (32, 64, 1, 1)), ("features.2.conv.bias", (32,)),
+        ("classifier.weight", (1000, 32)), ("classifier.bias", (1000,))]
+    assert layers[0].kind.tf_shapes(layers[0].shape, 1000) == {"weight": (3, 3, 3, 64),
+                                                               "bias": (64,)}
+    weight = np.arange(3 * 3 * 3 * 64, dtype="<f4").reshape(3, 3, 3, 64)
+    out = layers[0].kind.tensors("features.0", {"weight": weight, "bias": np.zeros(64, "<f4")},
+                                 folded=False, drop=0)
+    assert out["features.0.weight"][5, 2, 1, 0] == weight[1, 0, 2, 5]
+
