@@ -181,7 +181,7 @@ def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, f
                    "trust on first use.")
 @handles_errors
 def fetch(name, dest, sha256, url, pin):
-    """Download release NAME's archive (the releases: porting/data/registry.json) and verify it.
+    """Download release NAME's archive (the releases: models/*/releases.json) and verify it.
 
     Shows progress on stderr, retries with backoff, resumes an interrupted transfer from
     NAME.part (when the server's ETag/Last-Modified or a digest vouches for it), and checks the
@@ -211,7 +211,7 @@ def fetch(name, dest, sha256, url, pin):
     else:
         click.echo(f"sha256   {fetched.sha256} (NOT verified: no digest is pinned for {name}; "
                    f"check it, then pin it with `port-weights fetch {name} --pin` "
-                   f"({registry.lock_path()}) or record it in {registry.REGISTRY_PATH})")
+                   f"({registry.lock_path()}) or record it in {release.listed_in})")
     if not fetched.verified and not fetched.unchanged and not fetched.length_checked:
         click.echo("warning  the server sent no length, so a transfer cut short would have gone "
                    "unnoticed: this file may be incomplete")

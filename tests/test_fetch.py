@@ -10,6 +10,7 @@ import threading
 import time
 import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from porting.releases import download as download_module
 from porting.releases import registry
 from models.spec import get_architecture
 from porting.cli import main
+from porting.errors import PortError
 
 PAYLOAD = np.random.default_rng(5).bytes(3 * 2**20 + 12345)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -140,6 +142,63 @@ def test_registry_lists_the_family_with_its_official_urls():
         if release.format == "V2":
             assert sorted(release.members) == [f"{name}.ckpt.{s}" for s in
                                                ("data-00000-of-00001", "index", "meta")]
+
+
+CLASS_FACTS = ("num_classes", "background_class", "aux_logits", "label_offset", "input_size")
+
+
+def test_each_folder_lists_its_own_releases_and_no_fact_its_spec_owns():
+    """The registry is assembled from the folders' release lists; a release's classes, aux head
+    and input size are its architecture's (the spec), never repeated in a list."""
+    lists = registry.release_lists()
+    assert {path.parent.name for path in lists} >= {"inception_v3", "inception_resnet_v2",
+                                                    "resnet"}
+    listed = {}
+    for path in lists:
+        entries = json.loads(path.read_text())["releases"]
+        for name, entry in entries.items():
+            assert not set(CLASS_FACTS) & set(entry), (path, name)
+            assert get_architecture(entry["architecture"]).package == f"models.{path.parent.name}"
+            listed[name] = path
+    assert {name: r.listed_in for name, r in registry.load_registry().items()} == listed
+    resnet, inception = registry.get_release("resnet_v1_50"), registry.get_release("inception_v3")
+    assert (resnet.num_classes, resnet.background_class, resnet.aux_logits) == (1000, None, False)
+    assert (inception.num_classes, inception.background_class, inception.aux_logits) == \
+        (1001, 0, True)
+
+
+def _release_list(folder: Path, releases: dict) -> Path:
+    folder.mkdir(parents=True)
+    path = folder / registry.RELEASES_FILE
+    path.write_text(json.dumps({"releases": releases}))
+    return path
+
+
+def _entry(name: str, architecture: str = "inception_v3", **changes) -> dict:
+    listed = json.loads(registry.get_release("inception_v3").listed_in.read_text())
+    entry = listed["releases"]["inception_v3"]
+    return {**entry, "architecture": architecture, "checkpoint": f"{name}.ckpt", **changes}
+
+
+def test_a_release_listed_by_two_folders_is_refused_naming_both(tmp_path):
+    first = _release_list(tmp_path / "a" / "inception_v3", {"x": _entry("x")})
+    second = _release_list(tmp_path / "b" / "inception_v3", {"y": _entry("y"), "x": _entry("x")})
+    assert set(registry.load_registry((first,))) == {"x"}
+    with pytest.raises(PortError) as err:
+        registry.load_registry((first, second))
+    assert str(err.value) == f"{second}: release 'x' is listed twice: in {first} and here"
+
+
+def test_a_release_list_holds_only_its_folders_architectures_and_no_class_facts(tmp_path):
+    foreign = _release_list(tmp_path / "inception_v3", {"x": _entry("x", "resnet_v1_50")})
+    with pytest.raises(PortError, match=f"^{re.escape(str(foreign))}: unreadable release "
+                       "registry: release 'x' names architecture 'resnet_v1_50', not one of this "
+                       "folder's \\(inception_v3\\)$"):
+        registry.load_registry((foreign,))
+    repeated = _release_list(tmp_path / "again" / "inception_v3",
+                             {"x": _entry("x", num_classes=1001)})
+    with pytest.raises(PortError, match="unreadable release registry: .*num_classes"):
+        registry.load_registry((repeated,))
 
 
 def test_downloads_and_verifies(server, tmp_path):

@@ -1,6 +1,7 @@
 """A release is identified by its content, not its name: the manifest's ``release_verified`` and
 the model card's "the official <release>" need the archive's sha256 to match the digest pinned
-for the release (registry.json, else the local releases.lock that ``fetch --pin`` writes).
+for the release (its folder's releases.json, else the local releases.lock that ``fetch --pin``
+writes).
 
 Fast: the manifest's source record and the card are built from small files and a stand-in for
 the opened checkpoint, the way ``porting.pipeline`` calls them (no TensorFlow, no port)."""

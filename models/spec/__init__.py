@@ -14,8 +14,8 @@ The tests check each table against its PyTorch model's ``state_dict()`` for ever
 from models.spec.architecture import Architecture, KerasAdapter
 from models.spec.config import ClassLayout, EvalConfig, inception_eval
 from models.spec.discovery import (UnknownArchitecture, architecture_of_model,
-                                   architecture_of_state_dict, architectures, get_architecture,
-                                   representatives)
+                                   architecture_of_state_dict, architectures, folders,
+                                   get_architecture, representatives)
 from models.spec.kinds import (BUFFERS, KINDS, BatchNorm, ConvBias, ConvBN, LayerKind,
                                layer_kind, make_kind)
 from models.spec.table import AUX_SCOPE, EMA_SUFFIX, Layer, table

@@ -26,6 +26,13 @@ def _folders() -> dict[str, tuple[Architecture, ...]]:
     return found
 
 
+def folders() -> dict[str, tuple[Architecture, ...]]:
+    """Each architecture folder, by package (``models.resnet``), with the architectures its
+    ``spec.py`` defines; what a folder keeps beside its spec (its ``releases.json``) is found
+    through the package."""
+    return dict(_folders())
+
+
 def architectures() -> dict[str, Architecture]:
     """Every architecture of every folder (``_folders``), by name."""
     return dict(sorted((spec.name, spec) for specs in _folders().values() for spec in specs))

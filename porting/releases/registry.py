@@ -1,8 +1,15 @@
-"""The release family, from ``porting/data/registry.json`` (package data maintainers edit, so
-that an installed wheel knows the releases too).
+"""The release family: every TF-Slim checkpoint this tool ports, assembled from the release
+lists the architecture folders keep beside their specs (``models/<folder>/releases.json``, as
+timm keeps pretrained configs beside each model), so that an installed wheel knows the releases
+too (package data).
 
-Each entry names its ``architecture`` (a folder under ``models/``); how the checkpoint is
-evaluated (crop, size, mean/std, classes) is that architecture's eval config.
+Each release names its ``architecture``, and what that architecture's spec owns is not repeated
+per release: classes (and TF-Slim's background class), the aux head, input size and
+preprocessing come from its eval config (``models.spec.get_architecture(...).eval``). A release
+list records the rest: title, date, official URL, archive name and members, the checkpoint
+inside, its format, the paper, and the archive's sha256 (null until a maintainer has checked
+one). A folder lists only its own architectures' releases; a release name is listed once in the
+whole family (a second listing is an error naming both files).
 
 A digest nobody has pinned in the registry can be pinned locally, on first use: ``fetch --pin``
 writes the sha256 it saw to ``releases.lock`` in the download folder (``download_dir()``), as
@@ -15,12 +22,17 @@ import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
+import models
+from models.spec import Architecture, ClassLayout, folders, get_architecture
 from porting.errors import PortError
 from porting.files import write_json
 
-REGISTRY_PATH = Path(__file__).resolve().parent.parent / "data" / "registry.json"
+RELEASES_FILE = "releases.json"  # an architecture folder's release list, beside its spec.py
+# Where the registry lives, as messages name it: every folder's release list.
+REGISTRY = Path(models.__file__).resolve().parent / "*" / RELEASES_FILE
 LOCK_NAME = "releases.lock"
 # Where releases are downloaded to and looked for: checkpoints/ in the working folder (the
 # repository's own when run from its root, as `make demo` does), or $PORT_WEIGHTS_CHECKPOINTS.
@@ -30,7 +42,7 @@ DOWNLOADS_ENV = "PORT_WEIGHTS_CHECKPOINTS"
 @dataclass(frozen=True)
 class Release:
     name: str
-    architecture: str         # the folder under models/ whose spec ports it
+    architecture: str         # the spec that ports it (models/<folder>/spec.py)
     title: str
     date: str
     url: str
@@ -38,28 +50,81 @@ class Release:
     members: tuple[str, ...]  # what the archive holds
     checkpoint: str           # the checkpoint inside: a V2 prefix or a V1 file
     format: str               # "V1" or "V2"
-    num_classes: int
-    background_class: int | None
-    aux_logits: bool
     paper: str
     sha256: str | None        # of the archive; None until a maintainer pins it
     sha256_note: str
+    listed_in: Path           # the folder's releases.json that lists it (and pins its digest)
+
+    # The class facts are the architecture's: read from its spec, never listed per release.
+    @property
+    def spec(self) -> Architecture:
+        return get_architecture(self.architecture)
+
+    @property
+    def classes(self) -> ClassLayout:
+        """The published classifier's classes (all outputs kept)."""
+        config = self.spec.eval
+        return ClassLayout.of(config, config.num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.classes.source
+
+    @property
+    def background_class(self) -> int | None:
+        """The index of TF-Slim's "background" class, None where the classifier has none."""
+        return 0 if self.classes.background else None
+
+    @property
+    def aux_logits(self) -> bool:
+        return self.spec.has_aux
+
+
+def release_lists() -> tuple[Path, ...]:
+    """Every architecture folder's release list (``models/<folder>/releases.json``), in folder
+    order; a folder without releases has none."""
+    lists = (Path(resources.files(package)) / RELEASES_FILE for package in folders())
+    return tuple(path for path in lists if path.is_file())
+
+
+def _read_list(path: Path) -> dict[str, Release]:
+    """The releases of one folder's list; PortError naming the file if it is unreadable or
+    names an architecture of another folder (or none)."""
+    try:
+        data = json.loads(path.read_text())
+        releases = {name: Release(name=name, listed_in=path,
+                                  **{**entry, "members": tuple(entry["members"])})
+                    for name, entry in data["releases"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PortError(f"{path}: unreadable release registry: {err}") from err
+    ours = {spec.name for package, specs in folders().items()
+            if package.rpartition(".")[2] == path.parent.name for spec in specs}
+    for release in releases.values():
+        if release.architecture not in ours:
+            raise PortError(f"{path}: unreadable release registry: release {release.name!r} "
+                            f"names architecture {release.architecture!r}, not one of this "
+                            f"folder's ({', '.join(sorted(ours)) or 'none'})")
+    return releases
 
 
 @lru_cache(maxsize=None)
-def load_registry(path: Path = REGISTRY_PATH) -> dict[str, Release]:
-    try:
-        data = json.loads(path.read_text())
-        return {name: Release(name=name, **{**entry, "members": tuple(entry["members"])})
-                for name, entry in data["releases"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise PortError(f"{path}: unreadable release registry: {err}") from err
+def load_registry(paths: tuple[Path, ...] | None = None) -> dict[str, Release]:
+    """Every release, by name, from ``paths`` (default: every folder's list, ``release_lists``);
+    PortError naming both files if two lists hold the same release name."""
+    releases: dict[str, Release] = {}
+    for path in release_lists() if paths is None else paths:
+        for name, release in _read_list(path).items():
+            if name in releases:
+                raise PortError(f"{path}: release {name!r} is listed twice: in "
+                                f"{releases[name].listed_in} and here")
+            releases[name] = release
+    return releases
 
 
 def get_release(name: str) -> Release:
     releases = load_registry()
     if name not in releases:
-        raise PortError(f"{REGISTRY_PATH}: no release named {name!r} "
+        raise PortError(f"{REGISTRY}: no release named {name!r} "
                         f"(known: {', '.join(sorted(releases))})")
     return releases[name]
 
@@ -127,7 +192,7 @@ def pinned(name: str) -> tuple[str, Path] | None:
     this archive); None when neither pins one."""
     release = get_release(name)
     if release.sha256:
-        return release.sha256.lower(), REGISTRY_PATH
+        return release.sha256.lower(), release.listed_in
     entry = read_lock().get(name)
     if entry and entry["archive"] == release.archive:
         return entry["sha256"], lock_path()
