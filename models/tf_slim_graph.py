@@ -17,8 +17,8 @@ import numpy as np
 
 from models.calibration import whitened_classifier
 from models.spec import AUX_SCOPE, EMA_SUFFIX, Architecture
-from porting.errors import PortError, first_line
 from models.tf_runtime import import_tensorflow, import_tf_slim, session_config
+from porting.errors import PortError, first_line  # the one porting module models/ imports
 
 GLOBAL_STEP = 123456  # what the synthetic checkpoints store as global_step
 BETA_STD = 0.2        # random batch-norm betas (and gammas around 1) of synthetic checkpoints

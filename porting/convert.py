@@ -2,8 +2,8 @@
 
 Every model variable of the checkpoint is consumed exactly once, every parameter and buffer of
 the target model is filled, every shape is checked before any data is read. Variables that are
-not model weights (global_step, optimizer slots, moving-average shadows) are listed as skipped;
-anything else left over is an error that names it.
+not model weights (global_step, optimizer slots, moving-average shadows: ``porting.leftovers``)
+are listed as skipped; anything else left over is an error that names it.
 """
 from __future__ import annotations
 
