@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from models.spec import architecture_of_model
-from porting.preprocess import load_image
+from porting.preprocess import TF_SLIM, load_image
 from porting.weights import load_ported
 
 CLASSES_FILE = Path(__file__).parent / "data" / "imagenet_classes.tsv"
@@ -51,13 +51,14 @@ def top_predictions(logits: torch.Tensor, k: int, label_offset: int) -> list[lis
             for row_values, row_labels in zip(values, labels)]
 
 
-def predict_files(weights, images, method: str = "tf-slim", k: int = 5):
-    """[(image path, top-k predictions)] for image files under the ported file ``weights``."""
+def predict_files(weights, images, method: str = TF_SLIM, k: int = 5):
+    """[(image path, top-k predictions)] for image files under the ported file ``weights``,
+    preprocessed for its architecture by ``method`` (``porting.preprocess.METHODS``)."""
     model = load_ported(weights)
     config = architecture_of_model(model).eval
     # A file with TF-Slim's classes keeps the background outputs; one ported to fewer has none.
     offset = config.label_offset if model.num_classes == config.num_classes else 0
-    batch = np.stack([load_image(path, method, config) for path in images])
+    batch = np.stack([load_image(path, config, method) for path in images])
     with torch.inference_mode():
         logits = model(torch.from_numpy(batch).permute(0, 3, 1, 2))
     return list(zip(images, top_predictions(logits, k, offset)))

@@ -44,7 +44,7 @@ def spec_shapes(classes: int, aux: bool) -> dict[str, tuple]:
 def images():
     from porting.verify.photos import load_photos
 
-    _, batch = load_photos()
+    _, batch = load_photos(config=SPEC.eval)
     assert batch.shape == (10, 299, 299, 3)
     return batch
 
