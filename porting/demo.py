@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from models.calibration import synthetic_label
-from models.spec import get_architecture
-from porting.convert import PortOptions, label_offset
+from models.spec import ClassLayout, get_architecture
+from porting.convert import PortOptions
 from porting.verify.parity import compare, torch_outputs
 from porting.releases.registry import get_release
 
@@ -82,9 +82,10 @@ def port_and_check(src: Path, dst: Path, shown_as: str) -> int:
     result = port_checkpoint(src, dst, options, force=True)  # the manifest records the archive
     conversion = result.conversion
 
-    names, images = load_photos(config=conversion.architecture.eval)
-    dropped = label_offset(conversion.architecture, conversion.source_classes, options)
-    reference = reference_logits(src, images)[:, dropped:]  # TF's background left out
+    prep = conversion.architecture.eval
+    names, images = load_photos(config=prep)
+    layout = ClassLayout.of(prep, options.num_classes, conversion.source_classes)
+    reference = reference_logits(src, images)[:, layout.dropped:]  # TF's background left out
     model = load_ported(result.written.path)  # the written file, as a user loads it
     parity = compare(torch_outputs(model, images, len(images))["Logits"], reference)
 

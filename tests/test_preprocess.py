@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from models.spec import architectures, get_architecture
+from models.spec import ClassLayout, architectures, get_architecture
 from porting import preprocess
 from porting.cli import main
 from porting.verify.photos import PHOTOS, load_photos, photo_dir
@@ -76,9 +76,12 @@ def test_timm_path_is_another_preprocessing():
 
 
 def test_class_names_handle_the_background_class():
-    assert class_name(0, 1) == "background"
-    assert class_name(1, 1) == class_name(0, 0) == "tench (n01440764)"
-    assert class_name(1000, 1) == class_name(999, 0) == "toilet tissue (n15075141)"
+    tf_classes, timm_classes = ClassLayout.of(INCEPTION, 1001), ClassLayout.of(INCEPTION, 1000)
+    assert class_name(0, tf_classes) == "background"
+    assert class_name(1, tf_classes) == class_name(0, timm_classes) == "tench (n01440764)"
+    assert class_name(1000, tf_classes) == class_name(999, timm_classes) == \
+        "toilet tissue (n15075141)"
+    assert class_name(0, ClassLayout.of(VGG, 1000)) == "tench (n01440764)"  # no background
 
 
 @pytest.mark.parametrize("variant", ["1000", "1001"])

@@ -27,7 +27,7 @@ import numpy as np
 
 from models.calibration import whitened_classifier
 from models.inception_resnet_v2.spec import BN_EPS, SPEC
-from models.spec import AUX_SCOPE, EMA_SUFFIX, KerasAdapter, KerasMismatch
+from models.spec import AUX_SCOPE, EMA_SUFFIX, ClassLayout, KerasAdapter, KerasMismatch
 from models.tf_slim_graph import BETA_STD, GLOBAL_STEP, checkpoint_layout
 from porting.errors import PortError, first_line
 from models.tf_runtime import import_tensorflow
@@ -127,18 +127,19 @@ def keras_to_tf_slim(model) -> dict[str, np.ndarray]:
 
 def tf_slim_to_keras(variables: dict, model) -> None:
     """Load TF-Slim-named arrays into a Keras ``InceptionResNetV2``, cast to its dtype. A
-    classifier with one class more than Keras's (TF's background, class 0) loses it; other
-    variables (AuxLogits, global_step, ...) are ignored."""
+    classifier with TF-Slim's background class, where Keras's has none, loses it
+    (``ClassLayout``); other variables (AuxLogits, global_step, ...) are ignored."""
     for var, name, shape in keras_weight_map(model):
         if name not in variables:
             raise PortError(f"no {name} to load into Keras's {var.path}")
         value = np.asarray(variables[name])
         if name.startswith(f"{SPEC.classifier.scope}/"):
-            drop = value.shape[-1] - shape[-1]
-            if drop not in (0, 1):
+            try:
+                layout = ClassLayout.of(SPEC.eval, shape[-1], source=value.shape[-1])
+            except ValueError:
                 raise PortError(f"{name}: {value.shape[-1]} classes, Keras's model has "
-                                f"{shape[-1]}")
-            value = value[..., drop:]
+                                f"{shape[-1]}") from None
+            value = value[..., layout.dropped:]
         if value.shape != tuple(shape):
             raise PortError(f"{name}: shape {value.shape}, Keras's {var.path} needs {shape}")
         var.assign(value.astype(var.dtype))
@@ -357,8 +358,9 @@ def synthetic_weights(images: np.ndarray, num_classes: int = 1001, aux: bool = T
         model = keras_model
     variables = keras_to_tf_slim(model)
     names = SPEC.classifier.variables()
-    if num_classes == 1001:
-        weights, biases = whitened_classifier(found["features"], 1, rng)
+    background = ClassLayout.of(SPEC.eval, num_classes, source=num_classes).background
+    if background:  # TF-Slim's classes: the background in front of Keras's
+        weights, biases = whitened_classifier(found["features"], background, rng)
         variables[names["weight"]] = np.concatenate(
             [BACKGROUND_SCALE * weights, variables[names["weight"]]], axis=1)
         variables[names["bias"]] = np.concatenate(
@@ -429,8 +431,9 @@ class KerasInceptionResNetV2:
         self.prefix, self.num_classes, self.aux = str(checkpoint_prefix), num_classes, aux
         self.ema, self.dtype = ema, dtype
         variables = self._read(tf)
-        self.model = keras_model(dtype, classes=num_classes - 1 if num_classes == 1001
-                                 else num_classes)
+        # Keras's classifier has no background class: the checkpoint's leading ones are left out
+        layout = ClassLayout.of(SPEC.eval, num_classes, source=num_classes)
+        self.model = keras_model(dtype, classes=num_classes - layout.background)
         tf_slim_to_keras(variables, self.model)
         names = SPEC.classifier.variables()
         self._classifier = (tf.constant(variables[names["weight"]], dtype),
