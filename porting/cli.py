@@ -107,6 +107,102 @@ def _preprocess_choice():
     return click.Choice(METHODS)
 
 
+# --- help texts generated from the eval configs and the tolerance constants ------------------
+# A help text may hold {fields} (_HELP_FIELDS), filled when it is shown: the verify bounds live
+# in modules that load torch, which starting the command line must not.
+
+def _number(value: float) -> str:
+    """1e-4 as "1e-4" and 0.1 as "0.1"."""
+    mantissa, exponent = f"{value:e}".split("e")
+    if int(exponent) >= -2:
+        return f"{value:g}"
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _by_architecture(text_of) -> str:
+    """``text_of(eval config)`` for every architecture, those with the same text together:
+    "inception_v3, resnet_v2_50: TEXT; resnet_v1_50: OTHER TEXT"."""
+    from models.spec import architectures
+
+    groups: dict[str, list[str]] = {}
+    for name, spec in architectures().items():
+        groups.setdefault(text_of(spec.eval), []).append(name)
+    return "; ".join(f"{', '.join(names)}: {text}" for text, names in groups.items())
+
+
+def _value_range(config) -> str:
+    low, high = config.value_range
+    return f"[{_number(low)}, {_number(high)}]"
+
+
+def _eval_inputs(config) -> str:
+    return (f"TF-Slim {config.method} preprocessing at {config.input_size} px, values in "
+            f"{_value_range(config)}")
+
+
+def _recipes(timm: bool) -> str:
+    from porting.preprocess import TF_SLIM, TIMM, summary
+
+    return _by_architecture(lambda config: summary(config, TIMM if timm else TF_SLIM))
+
+
+@functools.lru_cache(maxsize=1)
+def _bounds() -> dict[str, str]:
+    """verify's bounds, from the constants it applies."""
+    from fractions import Fraction
+
+    from porting.verify.gradients import FGSM_PIXELS, FLOAT32_RELATIVE_TOLERANCE
+    from porting.verify.parity import (FLOAT64_RELATIVE_TOLERANCE, MAP_RELATIVE_TOLERANCE,
+                                       RELATIVE_TOLERANCE)
+
+    return {"logits_bound": _number(RELATIVE_TOLERANCE),
+            "map_bound": _number(MAP_RELATIVE_TOLERANCE),
+            "float64_bound": _number(FLOAT64_RELATIVE_TOLERANCE),
+            "gradient_bound": _number(FLOAT32_RELATIVE_TOLERANCE),
+            "fgsm_step": str(Fraction(FGSM_PIXELS).limit_denominator(1000))}
+
+
+_HELP_FIELDS = {
+    "input_ranges": lambda: _by_architecture(_value_range),
+    "eval_inputs": lambda: _by_architecture(_eval_inputs),
+    "tf_slim_recipes": lambda: _recipes(timm=False),
+    "timm_recipes": lambda: _recipes(timm=True),
+    **{name: (lambda name=name: _bounds()[name]) for name in
+       ("logits_bound", "map_bound", "float64_bound", "gradient_bound", "fgsm_step")},
+}
+
+
+class _Fields(dict):
+    def __missing__(self, name: str) -> str:
+        return _HELP_FIELDS[name]()
+
+
+def _filled(text: str) -> str:
+    """``text`` with its {fields} filled in (only those it names are computed)."""
+    return text.format_map(_Fields())
+
+
+class _FilledOption(click.Option):
+    """An option whose help has {fields}, filled when shown."""
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        return None if record is None else (record[0], _filled(record[1]))
+
+
+class _FilledCommand(click.Command):
+    """A command whose help text has {fields}, filled when its help page is shown (the short
+    help in ``port-weights --help`` is its first sentence, which has none)."""
+
+    def format_help_text(self, ctx, formatter):
+        template = self.help
+        self.help = _filled(template)
+        try:
+            super().format_help_text(ctx, formatter)
+        finally:
+            self.help = template
+
+
 @main.command()
 @click.option("--src", required=True, metavar="CKPT",
               help="Checkpoint prefix, its .index or .data-* file, a folder holding one checkpoint, "
@@ -294,7 +390,7 @@ def _inspect(opened, no_aux: bool, ema: bool, arch: str | None) -> None:
         click.echo(f"port     would fail: {verdict}")
 
 
-@main.command()
+@main.command(cls=_FilledCommand)
 @click.option("--src", metavar="CKPT", type=click.Path(),
               help="Source checkpoint: TF-Slim's graph runs on it (needs TensorFlow).")
 @click.option("--weights", metavar="FILE", type=click.Path(dir_okay=False),
@@ -306,13 +402,15 @@ def _inspect(opened, no_aux: bool, ema: bool, arch: str | None) -> None:
               help="Folder of images to feed both models  [default: scikit-image's 10 photos]")
 @click.option("--count", type=click.IntRange(min=1), metavar="N",
               help="Use only the first N images (sorted by name).")
-@click.option("--float64", is_flag=True,
-              help="Run both sides in double precision: every end point must agree to 1e-10 "
-                   "relative, which proves the mapping exact (not for --fold-bn files).")
-@click.option("--gradients", is_flag=True,
-              help="Also compare input gradients of the true-label cross-entropy (bound 0.1 in "
-                   "float32, where ReLU kinks make them noisy at ~3%; 1e-10 with --float64) and "
-                   "cross-check FGSM images (eps 2/255 of the pixel range) between the frameworks.")
+@click.option("--float64", is_flag=True, cls=_FilledOption,
+              help="Run both sides in double precision: every end point must agree to "
+                   "{float64_bound} relative, which proves the mapping exact (not for --fold-bn "
+                   "files).")
+@click.option("--gradients", is_flag=True, cls=_FilledOption,
+              help="Also compare input gradients of the true-label cross-entropy (bound "
+                   "{gradient_bound} in float32, where ReLU kinks make them noisy at ~3%; "
+                   "{float64_bound} with --float64) and cross-check FGSM images (eps {fgsm_step} "
+                   "of the pixel range) between the frameworks.")
 @click.option("--label", type=int, metavar="CLASS",
               help="True label for --gradients, as an index into FILE's classes  [default: TF's top-1]")
 @click.option("--ema", is_flag=True, help="The file was ported with --ema: run TF-Slim on the "
@@ -330,18 +428,17 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
            record_goldens, json_path, engines, arch):
     """Show that a ported file computes what TensorFlow computes, end point by end point.
 
-    \b
     The reference is the architecture's TF oracle on --src: TF-Slim's own graph for
     Inception v3 and the ResNets, Keras's InceptionResNetV2 (+ TF-Slim's aux head) for
     Inception-ResNet-v2. For each TF-Slim end point (Inception v3: Conv2d_1a_3x3 ...
     Mixed_7c, AuxLogits, PreLogits, Logits; Inception-ResNet-v2: Conv2d_1a_3x3 ...
     Conv2d_7b_1x1, AuxLogits, PreLogitsFlatten, Logits; ResNet: the root conv, every unit
     and block, Logits) prints max |diff|, the relative error max |diff| / max(1, max |TF|)
-    and its bound (float32: 1e-4 for the classifier outputs, 1e-3 for feature maps;
-    --float64: 1e-10), then names the first end point that diverges: that is where a port
-    went wrong. 1000-class files of 1001-class nets are compared with TF's logits[:, 1:]
-    (background dropped). The photos are preprocessed by the architecture's own recipe
-    (Inception's [-1, 1] at 299 px; ResNet v1's VGG mean subtraction at 224 px).
+    and its bound (float32: {logits_bound} for the classifier outputs, {map_bound} for
+    feature maps; --float64: {float64_bound}), then names the first end point that diverges:
+    that is where a port went wrong. 1000-class files of 1001-class nets are compared with
+    TF's logits[:, 1:] (background dropped). The photos are preprocessed by the
+    architecture's own recipe ({eval_inputs}).
 
     \b
     Typical use:
@@ -405,7 +502,7 @@ def _progress_line(phase: str, done: int, total: int) -> None:
         click.echo(f"\r{phase}: {done}/{total} images", err=True, nl=done == total)
 
 
-@main.command()
+@main.command(cls=_FilledCommand)
 @click.option("--weights", required=True, metavar="FILE", type=click.Path(dir_okay=False),
               help="Ported .pth or .safetensors file (plain or --fold-bn, any classes).")
 @click.option("--dst", required=True, type=click.Path(dir_okay=False), metavar="NAME.onnx",
@@ -424,9 +521,9 @@ def _progress_line(phase: str, done: int, total: int) -> None:
 def export(weights, dst, input_size, opset, end_points, force):
     """Export a ported file to ONNX for ONNX Runtime, OpenVINO and other engines.
 
-    \b
     The graph is the deploy model: every batch norm folded into its conv, no AuxLogits head,
-    input `images` [batch, 3, H, W] float32 NCHW in [-1, 1] with a dynamic batch axis,
+    input `images` [batch, 3, H, W] float32 NCHW, preprocessed as the architecture was
+    evaluated ({input_ranges}), with a dynamic batch axis,
     output `Logits` [batch, classes]. Its ONNX metadata (keys tf_porting.*) and the manifest
     beside it record the architecture, the classes (TF-Slim's background class kept at index 0
     or dropped), the preprocessing recipe and the source file's sha256. The same weights and
@@ -454,9 +551,9 @@ def export(weights, dst, input_size, opset, end_points, force):
 @click.argument("weights", metavar="FILE", type=click.Path(dir_okay=False))
 @click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--preprocess", type=_preprocess_choice(), default="tf-slim",
-              show_default=True,
-              help="tf-slim: central crop 87.5% and TF1 bilinear resize (what the TF model was "
-                   "evaluated with); timm: bicubic resize to 341, centre crop 299.")
+              show_default=True, cls=_FilledOption,
+              help="tf-slim: what the TF model was evaluated with ({tf_slim_recipes}); timm: "
+                   "timm's eval transform ({timm_recipes}).")
 @click.option("--top", type=click.IntRange(1, 20), default=5, show_default=True,
               help="How many classes to print per image.")
 @handles_errors

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.spec import architecture_of_model
-from porting.preprocess import load_image
+from models.spec import ClassLayout, architecture_of_model
+from porting.errors import PortError
+from porting.preprocess import TF_SLIM, load_image
 from porting.weights import load_ported
 
 CLASSES_FILE = Path(__file__).parent / "data" / "imagenet_classes.tsv"
@@ -33,31 +34,34 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
     return tuple((wnid, lemmas.split(",")[0]) for wnid, lemmas in rows)
 
 
-def class_name(label: int, label_offset: int) -> str:
-    """Name of output ``label`` of a model whose first ``label_offset`` outputs are not
-    ImageNet-1k classes (TF-Slim's background class 0, for 1001-class files)."""
-    offset = label_offset
-    if label < offset:
+def class_name(label: int, layout: ClassLayout) -> str:
+    """Name of output ``label`` of a model with these classes (``layout``): TF-Slim's
+    background class 0 of a 1001-class file is "background"."""
+    index = layout.class_index(label)
+    if index is None:
         return "background"
-    wnid, name = imagenet_classes()[label - offset]
+    wnid, name = imagenet_classes()[index]
     return f"{name} ({wnid})"
 
 
-def top_predictions(logits: torch.Tensor, k: int, label_offset: int) -> list[list[Prediction]]:
+def top_predictions(logits: torch.Tensor, k: int, layout: ClassLayout) -> list[list[Prediction]]:
     probabilities = torch.softmax(logits.double(), dim=1)
     values, labels = probabilities.topk(k, dim=1)
-    return [[Prediction(int(i), class_name(int(i), label_offset), float(p))
+    return [[Prediction(int(i), class_name(int(i), layout), float(p))
              for p, i in zip(row_values, row_labels)]
             for row_values, row_labels in zip(values, labels)]
 
 
-def predict_files(weights, images, method: str = "tf-slim", k: int = 5):
-    """[(image path, top-k predictions)] for image files under the ported file ``weights``."""
+def predict_files(weights, images, method: str = TF_SLIM, k: int = 5):
+    """[(image path, top-k predictions)] for image files under the ported file ``weights``,
+    preprocessed for its architecture by ``method`` (``porting.preprocess.METHODS``)."""
     model = load_ported(weights)
     config = architecture_of_model(model).eval
-    # A file with TF-Slim's classes keeps the background outputs; one ported to fewer has none.
-    offset = config.label_offset if model.num_classes == config.num_classes else 0
-    batch = np.stack([load_image(path, method, config) for path in images])
+    try:  # a file with TF-Slim's classes keeps the background outputs; one ported to fewer has none
+        layout = ClassLayout.of(config, model.num_classes)
+    except ValueError as err:
+        raise PortError(f"{weights}: {model.num_classes} classes, not ImageNet's ({err})") from err
+    batch = np.stack([load_image(path, config, method) for path in images])
     with torch.inference_mode():
         logits = model(torch.from_numpy(batch).permute(0, 3, 1, 2))
-    return list(zip(images, top_predictions(logits, k, offset)))
+    return list(zip(images, top_predictions(logits, k, layout)))

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from porting.convert import PortOptions  # neither imports torch
+from models.spec import get_architecture  # none of these three imports torch
+from porting.convert import PortOptions
 from porting.verify.photos import load_photos
 
 # The suite runs in two pytest-xdist workers on two cores (pyproject's addopts): PyTorch's OpenMP
@@ -78,8 +79,9 @@ def batches(photos):
 
 @pytest.fixture(scope="session")
 def photos():
-    """(names, NHWC float32 batch in [-1, 1]) of 10 real photos shipped with scikit-image."""
-    return load_photos()
+    """(names, NHWC float32 batch in [-1, 1]) of 10 real photos shipped with scikit-image,
+    preprocessed for Inception v3 (as for Inception-ResNet-v2: the same eval config)."""
+    return load_photos(config=get_architecture("inception_v3").eval)
 
 
 @pytest.fixture(scope="session")

@@ -189,3 +189,33 @@ def test_help_teaches():
     assert result.exit_code == 0
     for option in ("--src", "--dst", "--num-classes", "--no-aux", "--fold-bn", "--ema", "--force"):
         assert option in result.output
+
+
+def test_help_states_ranges_and_bounds_from_the_configs_and_constants(monkeypatch):
+    """export/verify/predict --help state each architecture's input range and recipe from its
+    eval config, and verify's bounds from the constants verify applies."""
+    import porting.cli as cli
+    from models.spec import architectures
+    from porting.preprocess import summary
+    from porting.verify import gradients, parity
+
+    def one_paragraph(*args):
+        return " ".join(run(*args, "--help").output.split())
+
+    export, predict = one_paragraph("export"), one_paragraph("predict")
+    for name, spec in architectures().items():
+        low, high = spec.eval.value_range
+        assert f"[{low:g}, {high:g}]" in export and name in export
+        assert summary(spec.eval) in predict and summary(spec.eval, "timm") in predict
+    assert "NCHW in [-1, 1]" not in export  # not every architecture's range
+    monkeypatch.setattr(parity, "FLOAT64_RELATIVE_TOLERANCE", 3e-11)
+    monkeypatch.setattr(parity, "MAP_RELATIVE_TOLERANCE", 2e-3)
+    monkeypatch.setattr(gradients, "FLOAT32_RELATIVE_TOLERANCE", 0.25)
+    cli._bounds.cache_clear()
+    try:
+        verify = one_paragraph("verify")
+    finally:
+        cli._bounds.cache_clear()
+    assert "1e-4 for the classifier outputs, 2e-3 for feature maps; --float64: 3e-11" in verify
+    assert "bound 0.25 in float32" in verify and "eps 2/255 of the pixel range" in verify
+    assert "agree to 3e-11 relative" in verify and "1e-10" not in verify

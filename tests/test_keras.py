@@ -2,7 +2,7 @@
 against Keras's own predictions on photos, for Keras 3 ``.weights.h5`` and Keras 2 ``.h5``."""
 from __future__ import annotations
 
-import re
+import random
 import shutil
 
 import numpy as np
@@ -11,10 +11,75 @@ import torch
 from click.testing import CliRunner
 
 from models import model_for_state_dict
+from models.spec import KerasAdapter, KerasMismatch, get_architecture
 from porting.cli import main
 from models.inception_v3.spec import LAYERS
 from porting.verify.parity import compare, torch_outputs
 from models.calibration import whitened_classifier
+
+
+# --- the assignment rule (models.spec.KerasAdapter): no Keras, no TensorFlow -------------------
+
+def test_keras_counter_reads_the_names_keras_gives_by_class():
+    assert KerasAdapter.counter("conv2d", "Conv2D") == 0
+    assert KerasAdapter.counter("conv2d_12", "Conv2D") == KerasAdapter.counter("conv2d_12", "conv2d") == 12
+    assert KerasAdapter.counter("batch_normalization_3", "BatchNormalization") == 3
+    assert KerasAdapter.counter("max_pooling2d_1", "MaxPooling2D") == 1
+    assert KerasAdapter.counter("activation_7", "Activation") == 7
+    for name, cls in [("block35_1_conv", "Conv2D"), ("conv2d_bn", "Conv2D"), ("conv2d_", "Conv2D"),
+                      ("batch_normalization_3", "Conv2D"), ("conv2d_3", "BatchNormalization")]:
+        assert KerasAdapter.counter(name, cls) is None, name
+    assert KerasAdapter.counted(["conv2d_10", "conv_7b", "conv2d_9", "conv2d"], "Conv2D") == \
+        ["conv2d", "conv2d_9", "conv2d_10"]  # by counter, not by name
+
+
+@pytest.mark.parametrize("arch", ["inception_v3", "inception_resnet_v2"])
+def test_keras_assignment_is_creation_order_onto_the_counted_rows(arch):
+    """Counted layers in any order (a file's is by graph depth) land by counter, from any start;
+    the named ones land on their scopes; every conv row of the table is filled once."""
+    spec = get_architecture(arch)
+    adapter, rows = spec.keras, spec.keras.counted_rows(spec)
+    start = 7  # a second model in the process counts on from the first
+    convs = [f"conv2d_{start + i}" for i in range(len(rows))] + list(adapter.named)
+    norms = [f"batch_normalization_{start + i}" for i in range(len(rows))] + \
+        [f"{name}_bn" for name in adapter.named]
+    random.Random(0).shuffle(convs)
+    assigned = adapter.assign(spec, convs, norms)
+    assert [(row, conv, norm) for row, conv, norm in assigned[:len(rows)]] == \
+        [(row, f"conv2d_{start + i}", f"batch_normalization_{start + i}")
+         for i, row in enumerate(rows)]
+    named = {conv: (row, norm) for row, conv, norm in assigned[len(rows):]}
+    assert set(named) == set(adapter.named)
+    for name, scope in adapter.named.items():
+        row, norm = named[name]
+        assert row.scope == f"{spec.tf_root}/{scope}"
+        assert norm == (f"{name}_bn" if row.kind.name == "conv_bn" else None)  # up convs: none
+    conv_rows = [layer.scope for layer in spec.layers if not layer.is_aux
+                 and layer.kind.name in ("conv_bn", "conv_bias")]
+    assert sorted(row.scope for row, _, _ in assigned) == sorted(conv_rows)
+
+
+def test_keras_assignment_refuses_counts_that_do_not_fit():
+    spec = get_architecture("inception_v3")
+    rows = len(spec.keras.counted_rows(spec))
+    convs = [f"conv2d_{i}" for i in range(rows)]
+    norms = [f"batch_normalization_{i}" for i in range(rows - 1)]
+    with pytest.raises(KerasMismatch, match=f"^{rows} counted conv and {rows - 1} batch-norm layers; "
+                                            f"keras.applications.InceptionV3 has {rows} and {rows}$"):
+        spec.keras.assign(spec, convs, norms)
+
+
+def test_keras_rule_is_written_once():
+    """The reader and the oracle apply the adapter's rule; neither spells Keras's names itself."""
+    import inspect
+
+    from models.inception_resnet_v2 import oracle
+    from porting.read import keras_h5
+
+    for module in (keras_h5, oracle):
+        source = inspect.getsource(module)
+        assert "_COUNTED_NAME" not in source and "(?:_(\\d+))?" not in source, module.__name__
+        assert ".assign(" in source, module.__name__
 
 
 def _calibrated_keras3(images: np.ndarray, seed: int = 0):
@@ -63,13 +128,14 @@ def test_keras_creation_order_matches_tf_slim_scopes(keras_files, synthetic_ckpt
     """Why the reader sorts by name counter: model.layers interleaves branches, creation does not."""
     from porting.read.open import open_reader
 
-    convs = [layer for layer in keras_files["model"].layers if layer.__class__.__name__ == "Conv2D"]
-    created = sorted(convs, key=lambda l: int(re.fullmatch(r"conv2d(?:_(\d+))?", l.name).group(1) or 0))
-    assert [l.name for l in convs] != [l.name for l in created]
+    model = keras_files["model"]
+    convs = [layer.name for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    created = KerasAdapter.counted(convs, "Conv2D")
+    assert sorted(created) == sorted(convs) and convs != created
     tf_shapes = open_reader(synthetic_ckpt).variables()
     expected = [tf_shapes[layer.variables()["weight"]].shape for layer in LAYERS
                 if layer.kind.name == "conv_bn" and not layer.is_aux]
-    assert [tuple(l.kernel.shape) for l in created] == expected
+    assert [tuple(model.get_layer(name).kernel.shape) for name in created] == expected
 
 
 @pytest.mark.parametrize("fmt", ["keras3", "keras2"])

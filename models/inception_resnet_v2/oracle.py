@@ -27,7 +27,7 @@ import numpy as np
 
 from models.calibration import whitened_classifier
 from models.inception_resnet_v2.spec import BN_EPS, SPEC
-from models.spec import AUX_SCOPE, EMA_SUFFIX
+from models.spec import AUX_SCOPE, EMA_SUFFIX, ClassLayout, KerasAdapter, KerasMismatch
 from models.tf_slim_graph import BETA_STD, GLOBAL_STEP, checkpoint_layout
 from porting.errors import PortError, first_line
 from models.tf_runtime import import_tensorflow
@@ -51,8 +51,6 @@ _STEM_END_POINTS = {
     "Conv2d_4a_3x3": ("Activation", 4, (71, 71, 192)),
     "MaxPool_5a_3x3": ("MaxPooling2D", 1, (35, 35, 192)),
 }
-_COUNTED_NAME = {"Conv2D": "conv2d", "BatchNormalization": "batch_normalization",
-                 "Activation": "activation", "MaxPooling2D": "max_pooling2d"}
 
 
 # --- Keras <-> TF-Slim names ------------------------------------------------------------------
@@ -64,40 +62,40 @@ def _keras():
     return keras
 
 
-def _counter(layer, class_name: str) -> int | None:
-    """The creation counter in an auto-named Keras layer's name (``conv2d_12`` -> 12,
-    ``conv2d`` -> 0), or None if the layer is of another class or was named by the model."""
-    if type(layer).__name__ != class_name:
-        return None
-    match = re.fullmatch(rf"{_COUNTED_NAME[class_name]}(?:_(\d+))?", layer.name)
-    return None if match is None else int(match.group(1) or 0)
+def _names_of(model, class_name: str) -> list[str]:
+    """The names of the model's layers of Keras class ``class_name``."""
+    return [layer.name for layer in model.layers if type(layer).__name__ == class_name]
 
 
-def _counted(model, class_name: str) -> list:
-    """The model's auto-named layers of ``class_name`` in creation order (by name counter; a
-    second model built in the same process starts at a higher counter)."""
-    found = [(c, layer) for layer in model.layers
-             if (c := _counter(layer, class_name)) is not None]
-    return [layer for _, layer in sorted(found, key=lambda pair: pair[0])]
+def _auto_named(model, class_name: str) -> list:
+    """The model's layers of ``class_name`` that Keras named by its counter, in creation order
+    (``KerasAdapter.counted``, the rule the HDF5 reader applies to a file)."""
+    return [model.get_layer(name)
+            for name in KerasAdapter.counted(_names_of(model, class_name), class_name)]
 
 
 def keras_weight_map(model) -> list[tuple[object, str, tuple]]:
     """[(Keras variable, TF-Slim variable name, TF shape)] for every weight of a Keras
     ``InceptionResNetV2`` (no aux head; the classifier with Keras's own class count), each
-    Keras weight exactly once. ``ValueError`` if the model does not fit ``SPEC``."""
-    root, adapter = SPEC.tf_root, SPEC.keras
-    named = {f"{root}/{scope}": name for name, scope in adapter.named.items()}
-    counted_rows = [layer for layer in SPEC.layers if layer.kind.name == "conv_bn"
-                    and not layer.is_aux and layer.scope not in named]
-    convs, norms = _counted(model, "Conv2D"), _counted(model, "BatchNormalization")
-    if not len(convs) == len(norms) == len(counted_rows):
-        raise ValueError(f"{model.name}: {len(convs)} counted Conv2D and {len(norms)} "
-                         f"BatchNormalization layers, the spec has {len(counted_rows)} "
-                         "unnamed conv_bn layers")
+    Keras weight exactly once, by ``SPEC.keras.assign``. ``ValueError`` if the model does not
+    fit ``SPEC``."""
+    adapter = SPEC.keras
+    try:
+        assigned = adapter.assign(SPEC, _names_of(model, adapter.CONV),
+                                  _names_of(model, adapter.NORM))
+    except KerasMismatch as err:
+        raise ValueError(f"{model.name}: {err.convs} counted Conv2D and {err.norms} "
+                         f"BatchNormalization layers, the spec has {err.rows} unnamed conv_bn "
+                         "layers") from err
     pairs = []
-
-    def conv_bn(layer, conv, norm):
+    for layer, conv_name, norm_name in assigned:
         names, shapes = layer.variables(), layer.kind.tf_shapes(layer.shape, 0)
+        conv = model.get_layer(conv_name)
+        if norm_name is None:  # the residual "up" convs: bias, no batch norm
+            pairs += [(conv.kernel, names["weight"], shapes["weight"]),
+                      (conv.bias, names["bias"], shapes["bias"])]
+            continue
+        norm = model.get_layer(norm_name)
         if conv.bias is not None or norm.gamma is not None:
             raise ValueError(f"{conv.name}/{norm.name}: expected a conv without bias and a "
                              "batch norm without gamma")
@@ -106,18 +104,6 @@ def keras_weight_map(model) -> list[tuple[object, str, tuple]]:
         for role, var in (("weight", conv.kernel), ("beta", norm.beta),
                           ("mean", norm.moving_mean), ("var", norm.moving_variance)):
             pairs.append((var, names[role], shapes[role]))
-
-    for layer, conv, norm in zip(counted_rows, convs, norms):
-        conv_bn(layer, conv, norm)
-    by_scope = {layer.scope: layer for layer in SPEC.layers}
-    for scope, name in named.items():
-        layer, conv = by_scope[scope], model.get_layer(name)
-        if layer.kind.name == "conv_bn":
-            conv_bn(layer, conv, model.get_layer(f"{name}_bn"))
-        else:  # the residual "up" convs: bias, no batch norm
-            names, shapes = layer.variables(), layer.kind.tf_shapes(layer.shape, 0)
-            pairs += [(conv.kernel, names["weight"], shapes["weight"]),
-                      (conv.bias, names["bias"], shapes["bias"])]
     dense, classifier = model.get_layer(adapter.classifier), SPEC.classifier
     classes = dense.kernel.shape[-1]
     names, shapes = classifier.variables(), classifier.kind.tf_shapes(classifier.shape, classes)
@@ -141,18 +127,19 @@ def keras_to_tf_slim(model) -> dict[str, np.ndarray]:
 
 def tf_slim_to_keras(variables: dict, model) -> None:
     """Load TF-Slim-named arrays into a Keras ``InceptionResNetV2``, cast to its dtype. A
-    classifier with one class more than Keras's (TF's background, class 0) loses it; other
-    variables (AuxLogits, global_step, ...) are ignored."""
+    classifier with TF-Slim's background class, where Keras's has none, loses it
+    (``ClassLayout``); other variables (AuxLogits, global_step, ...) are ignored."""
     for var, name, shape in keras_weight_map(model):
         if name not in variables:
             raise PortError(f"no {name} to load into Keras's {var.path}")
         value = np.asarray(variables[name])
         if name.startswith(f"{SPEC.classifier.scope}/"):
-            drop = value.shape[-1] - shape[-1]
-            if drop not in (0, 1):
+            try:
+                layout = ClassLayout.of(SPEC.eval, shape[-1], source=value.shape[-1])
+            except ValueError:
                 raise PortError(f"{name}: {value.shape[-1]} classes, Keras's model has "
-                                f"{shape[-1]}")
-            value = value[..., drop:]
+                                f"{shape[-1]}") from None
+            value = value[..., layout.dropped:]
         if value.shape != tuple(shape):
             raise PortError(f"{name}: shape {value.shape}, Keras's {var.path} needs {shape}")
         var.assign(value.astype(var.dtype))
@@ -256,7 +243,7 @@ def calibrated_keras_model(images: np.ndarray, seed: int = 0, dtype: str = "floa
 
     # Pass 2 sets the moving statistics of the scaled network; the inference pass must then
     # agree with it. A few batch norms' inputs are checked against their moving statistics.
-    norms = _counted(model, "BatchNormalization")
+    norms = _auto_named(model, "BatchNormalization")
     checked = [norms[0], norms[len(norms) // 2], model.get_layer("conv_7b_bn")]
     outputs = {"features": model.get_layer("avg_pool").output,
                "pre_aux": model.get_layer(_NAMED_END_POINTS["PreAuxLogits"]).output,
@@ -371,8 +358,9 @@ def synthetic_weights(images: np.ndarray, num_classes: int = 1001, aux: bool = T
         model = keras_model
     variables = keras_to_tf_slim(model)
     names = SPEC.classifier.variables()
-    if num_classes == 1001:
-        weights, biases = whitened_classifier(found["features"], 1, rng)
+    background = ClassLayout.of(SPEC.eval, num_classes, source=num_classes).background
+    if background:  # TF-Slim's classes: the background in front of Keras's
+        weights, biases = whitened_classifier(found["features"], background, rng)
         variables[names["weight"]] = np.concatenate(
             [BACKGROUND_SCALE * weights, variables[names["weight"]]], axis=1)
         variables[names["bias"]] = np.concatenate(
@@ -443,8 +431,9 @@ class KerasInceptionResNetV2:
         self.prefix, self.num_classes, self.aux = str(checkpoint_prefix), num_classes, aux
         self.ema, self.dtype = ema, dtype
         variables = self._read(tf)
-        self.model = keras_model(dtype, classes=num_classes - 1 if num_classes == 1001
-                                 else num_classes)
+        # Keras's classifier has no background class: the checkpoint's leading ones are left out
+        layout = ClassLayout.of(SPEC.eval, num_classes, source=num_classes)
+        self.model = keras_model(dtype, classes=num_classes - layout.background)
         tf_slim_to_keras(variables, self.model)
         names = SPEC.classifier.variables()
         self._classifier = (tf.constant(variables[names["weight"]], dtype),
@@ -484,7 +473,7 @@ class KerasInceptionResNetV2:
     def _find_taps(self) -> dict:
         taps = {}
         for name, (class_name, index, shape) in _STEM_END_POINTS.items():
-            layer = _counted(self.model, class_name)[index]
+            layer = _auto_named(self.model, class_name)[index]
             if tuple(layer.output.shape[1:]) != shape:
                 raise ValueError(f"{layer.name} for {name}: shape {layer.output.shape}")
             taps[name] = layer.output

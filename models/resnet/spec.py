@@ -115,10 +115,10 @@ def vgg_eval(classifier: str) -> EvalConfig:
     [0, 255] pixels."""
     means = (123.68, 116.78, 103.94)
     return EvalConfig(
-        input_size=224, crop_fraction=224 / 256, interpolation="bilinear",
-        mean=tuple(m / 255 for m in means), std=(1 / 255,) * 3,
+        method="vgg", input_size=224, crop_fraction=224 / 256, resize_side=256,
+        interpolation="bilinear", mean=tuple(m / 255 for m in means), std=(1 / 255,) * 3,
         value_range=(-max(means), 255 - min(means)),
-        num_classes=1000, label_offset=0, classifier=classifier, resize_side=256,
+        num_classes=1000, label_offset=0, classifier=classifier,
         recipe="TF-Slim vgg_preprocessing (eval): resize the shorter side to 256 (TF1 "
                "resize_bilinear, align_corners=False), central crop 224x224, subtract the "
                "RGB means (123.68, 116.78, 103.94) from the [0, 255] pixels",

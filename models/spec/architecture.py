@@ -2,27 +2,98 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import import_module
+from typing import ClassVar, Iterable
 
 from models.spec.config import EvalConfig
 from models.spec.kinds import BUFFERS, BatchNorm, ConvBN
 from models.spec.table import AUX_SCOPE, Layer
 
+
+class KerasMismatch(ValueError):
+    """A Keras model's counted layers do not fit the architecture's table."""
+
+    def __init__(self, message: str, convs: int, norms: int, rows: int):
+        super().__init__(message)
+        self.convs, self.norms, self.rows = convs, norms, rows
+
+
 @dataclass(frozen=True)
 class KerasAdapter:
-    """How a ``keras.applications`` model's weight file maps onto the TF-Slim scopes.
+    """How a ``keras.applications`` model's layers map onto the TF-Slim scopes: the one rule,
+    applied alike by the HDF5 reader (``porting.read.keras_h5``, to the layer names in a file)
+    and by the live Keras oracle (``models.inception_resnet_v2.oracle``, to a built model).
 
-    Keras names layers it is not told to name with a per-class counter in creation order
-    (``conv2d``, ``conv2d_1``, ...); the counted convs and batch norms, sorted by counter, are
-    the architecture's non-aux ``conv_bn`` layers in table order, minus those in ``named``.
-    ``named`` maps the layers keras.applications does name (conv -> TF scope below the root;
-    its batch norm is ``<name>_bn``); ``classifier`` is the Dense layer.
+    Keras names the layers it is not told to name with a per-class counter in creation order
+    (``conv2d``, ``conv2d_1``, ...: ``counter``); keras.applications creates them in TF-Slim's
+    scope order (Branch_0..3, top to bottom), while ``model.layers`` (and so a file) is sorted by
+    graph depth, which interleaves branches. So the counted convs and batch norms, sorted by
+    counter, are the architecture's non-aux ``conv_bn`` rows in table order, minus those in
+    ``named`` (``assign``). ``named`` maps the layers keras.applications does name (conv -> TF
+    scope below the root; a ``conv_bn`` row's batch norm is ``<name>_bn``); ``classifier`` is
+    the Dense layer.
     """
     application: str                       # e.g. "keras.applications.InceptionV3"
     named: dict[str, str] = field(default_factory=dict)
     classifier: str = "predictions"
+
+    CONV: ClassVar[str] = "Conv2D"         # the Keras classes of a conv_bn row's two layers
+    NORM: ClassVar[str] = "BatchNormalization"
+
+    @staticmethod
+    def auto_name(class_name: str) -> str:
+        """The stem of the names Keras gives layers of ``class_name``: its snake case, as
+        ``keras.src.utils.naming.to_snake_case`` writes it (``Conv2D`` -> ``conv2d``,
+        ``BatchNormalization`` -> ``batch_normalization``); a stem is its own stem."""
+        name = re.sub(r"\W+", "", class_name)
+        name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+        return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+    @classmethod
+    def counter(cls, layer_name: str, class_name: str) -> int | None:
+        """Keras's creation counter in the name of a layer of ``class_name`` (a Keras class or
+        its stem): ``conv2d`` is 0, ``conv2d_12`` is 12; None for a name Keras did not give
+        by counter (one the model chose, or another class's)."""
+        match = re.fullmatch(rf"{re.escape(cls.auto_name(class_name))}(?:_(\d+))?", layer_name)
+        return None if match is None else int(match.group(1) or 0)
+
+    @classmethod
+    def counted(cls, names: Iterable[str], class_name: str) -> list[str]:
+        """Of ``names`` (layers of ``class_name``: the caller knows their classes), those Keras
+        named by its counter, in creation order. A second model built in the same process
+        counts on from the first, so counters need not start at 0."""
+        found = [(count, name) for name in names
+                 if (count := cls.counter(name, class_name)) is not None]
+        return [name for _, name in sorted(found)]
+
+    def counted_rows(self, spec: "Architecture") -> list[Layer]:
+        """The table rows the counted layers fill: non-aux ``conv_bn`` rows, in table order,
+        minus the named ones."""
+        named = {f"{spec.tf_root}/{scope}" for scope in self.named.values()}
+        return [layer for layer in spec.layers if layer.kind.name == "conv_bn"
+                and not layer.is_aux and layer.scope not in named]
+
+    def assign(self, spec: "Architecture", convs: Iterable[str],
+               norms: Iterable[str]) -> list[tuple[Layer, str, str | None]]:
+        """(table row, Keras conv layer, its batch-norm layer or None) for every conv of the
+        Keras model, given the names of its ``Conv2D`` layers (``convs``) and of its
+        ``BatchNormalization`` layers (``norms``), named ones included: the counted ones in
+        creation order onto ``counted_rows``, then the named ones (whose presence is the
+        caller's to check). ``KerasMismatch`` if the counts do not fit."""
+        rows = self.counted_rows(spec)
+        convs, norms = self.counted(convs, self.CONV), self.counted(norms, self.NORM)
+        if not len(convs) == len(norms) == len(rows):
+            raise KerasMismatch(f"{len(convs)} counted conv and {len(norms)} batch-norm "
+                                f"layers; {self.application} has {len(rows)} and {len(rows)}",
+                                len(convs), len(norms), len(rows))
+        scopes = {layer.scope: layer for layer in spec.layers}
+        named = [(scopes[f"{spec.tf_root}/{scope}"], name) for name, scope in self.named.items()]
+        return [*zip(rows, convs, norms),
+                *((row, name, f"{name}_bn" if row.kind.name == "conv_bn" else None)
+                  for row, name in named)]
 
 
 @dataclass(frozen=True)

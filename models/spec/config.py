@@ -5,9 +5,27 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How the TF model was evaluated, and what its outputs mean (timm's pretrained cfg)."""
+    """How the TF model was evaluated, and what its outputs mean (timm's pretrained cfg).
+
+    ``method`` names the preprocessing; ``porting.preprocess`` implements each from these
+    numbers alone:
+
+    - ``"inception"`` (TF-Slim's ``inception_preprocessing``): pixels scaled to [0, 1], a
+      central crop of ``crop_fraction`` of the image, resized (``interpolation``) to
+      ``input_size``, then ``(x - mean) / std``;
+    - ``"vgg"`` (TF-Slim's ``vgg_preprocessing``): the [0, 255] pixels resized
+      (``interpolation``) so that the shorter side is ``resize_side``, a central crop of
+      ``input_size``, then ``(x - 255 mean) / (255 std)`` (TF's plain ``x - means``, the
+      [0, 255] means being ``255 mean``, with ``std`` = 1/255).
+
+    ``mean`` and ``std`` are per channel on pixels scaled to [0, 1] for every method, as timm
+    states them; timm's own eval transform (the alternative ``porting.preprocess`` offers)
+    resizes the shorter side to ``floor(input_size / crop_fraction)``, then centre-crops.
+    """
+    method: str               # "inception" or "vgg": TF-Slim's preprocessing module
     input_size: int
-    crop_fraction: float      # central crop of the image before resizing
+    crop_fraction: float      # inception: central crop before resizing (timm: its crop_pct)
+    resize_side: int | None   # vgg: the shorter side's length before the central crop
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -17,23 +35,19 @@ class EvalConfig:
     classifier: str           # module of the main classifier
     recipe: str               # the preprocessing, in words, with its source
     color: str = "RGB"
-    # VGG style: resize the shorter side to this, then central crop input_size; None:
-    # Inception style, central crop crop_fraction of the image, then resize to input_size
-    resize_side: int | None = None
 
 
 def inception_eval(classifier: str) -> EvalConfig:
     """TF-Slim's ``inception_preprocessing`` eval recipe, which its Inception networks share,
     on ImageNet with the background class (1001 outputs)."""
     return EvalConfig(
-        input_size=299, crop_fraction=0.875, interpolation="bilinear",
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), value_range=(-1.0, 1.0),
-        num_classes=1001, label_offset=1, classifier=classifier,
+        method="inception", input_size=299, crop_fraction=0.875, resize_side=None,
+        interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        value_range=(-1.0, 1.0), num_classes=1001, label_offset=1, classifier=classifier,
         recipe="TF-Slim inception_preprocessing (eval): central_crop(0.875), TF1 "
                "resize_bilinear (align_corners=False, half_pixel_centers=False) to 299x299, "
                "(x - 0.5) * 2",
     )
-
 
 
 @dataclass(frozen=True)

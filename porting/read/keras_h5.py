@@ -6,17 +6,16 @@ Two layouts are accepted:
 - Keras 3 ``.weights.h5``: ``layers/<class>[_k]/vars/0..`` where ``k`` counts layers of a class
   in ``model.layers`` order, and the ``vars`` group carries the layer's ``name`` attribute.
 
-Which conv is which: ``model.layers`` (and so both files' order) is sorted by graph depth,
-which interleaves the branches of each Inception block, but Keras names the layers it is not
-told to name with a counter in creation order (``conv2d``, ``conv2d_1``, ...), and
-keras.applications creates them in TF-Slim's scope order (Branch_0..3, top to bottom). So the
-k-th counted conv and batch norm are the k-th non-aux ``conv_bn`` row of the architecture's
-table, once the layers keras.applications names itself are set aside; each architecture's
-``KerasAdapter`` (``models/<name>/spec.py``) lists those. The tests prove it against Keras's own
-predictions. The reader presents the weights under TF-Slim variable names, so the converter and
-its checks are the same for every source. Before any layer is looked up, the whole file is
-checked to keep its data to itself (``porting.read.h5safety``: no external or dangling links, no
-external raw storage, no virtual datasets), so no byte from another file can become a weight.
+Which conv is which is the architecture's ``KerasAdapter`` (``models/<name>/spec.py``), the
+rule the live Keras oracle applies too: Keras names the layers it is not told to name by a
+per-class counter in creation order, and keras.applications creates them in TF-Slim's scope
+order, so the k-th counted conv and batch norm are the k-th non-aux ``conv_bn`` row of the
+table once the layers keras.applications names itself are set aside. The tests prove it
+against Keras's own predictions. The reader presents the weights under TF-Slim variable names,
+so the converter and its checks are the same for every source. Before any layer is looked up,
+the whole file is checked to keep its data to itself (``porting.read.h5safety``: no external or
+dangling links, no external raw storage, no virtual datasets), so no byte from another file can
+become a weight.
 """
 from __future__ import annotations
 
@@ -27,8 +26,8 @@ from typing import Mapping
 
 import numpy as np
 
-from models.spec import Architecture, architectures, get_architecture
-from porting.errors import PortError
+from models.spec import Architecture, KerasMismatch, architectures, get_architecture
+from porting.errors import PortError, first_line
 from porting.read.h5safety import check_self_contained, shown
 from porting.read.api import VariableInfo
 from porting.read.sources import CheckpointSource
@@ -43,7 +42,6 @@ _KERAS3_VARS = {
     "batch_normalization": (("beta", "moving_mean", "moving_variance"),),
     "dense": (("kernel", "bias"),),
 }
-_COUNTED_NAME = re.compile(r"(conv2d|batch_normalization)(?:_(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -70,10 +68,6 @@ def _chunked_attr(group, name: str) -> list[str]:
         values += [_text(v) for v in group.attrs[f"{name}{chunk}"]]
         chunk += 1
     return values
-
-
-def _first_line(err: Exception) -> str:
-    return shown((str(err).strip().splitlines() or [type(err).__name__])[0])
 
 
 def _kind_of(path: Path, name: str, weights: dict) -> str:
@@ -122,18 +116,6 @@ def _keras3_layers(path: Path, root) -> list[_KerasLayer]:
     return layers
 
 
-def _counter(layer: _KerasLayer) -> int:
-    """Keras's name counter: "conv2d" is 0, "conv2d_7" is 7."""
-    return int(_COUNTED_NAME.fullmatch(layer.name).group(2) or 0)
-
-
-def _counted(layers: list[_KerasLayer], kind: str) -> list[_KerasLayer]:
-    """Layers of ``kind`` that Keras named by its counter, in creation order."""
-    chosen = [layer for layer in layers if layer.kind == kind and
-              (match := _COUNTED_NAME.fullmatch(layer.name)) and match.group(1) == kind]
-    return sorted(chosen, key=_counter)
-
-
 class _Mapping:
     """TF-Slim variable name -> (h5py dataset, Keras weight name) for one architecture."""
 
@@ -141,37 +123,33 @@ class _Mapping:
         self.path, self.spec = path, spec
         adapter = spec.keras
         by_name = {layer.name: layer for layer in layers}
-        scopes = {layer.scope: layer for layer in spec.layers}
-        named_scopes = {f"{spec.tf_root}/{scope}" for scope in adapter.named.values()}
-        targets = [layer for layer in spec.layers if layer.kind.name == "conv_bn"
-                   and not layer.is_aux and layer.scope not in named_scopes]
-        convs, norms = _counted(layers, "conv2d"), _counted(layers, "batch_normalization")
         dense = [layer for layer in layers if layer.kind == "dense"]
         missing = [name for name in adapter.named if name not in by_name]
-        if missing or not len(convs) == len(norms) == len(targets) or len(dense) != 1:
+        convs, norms = ([layer.name for layer in layers if layer.kind == adapter.auto_name(cls)]
+                        for cls in (adapter.CONV, adapter.NORM))
+        try:
+            assigned = adapter.assign(spec, convs, norms)
+            counts = (len(adapter.counted_rows(spec)),) * 3  # counted convs, norms; rows
+        except KerasMismatch as err:
+            assigned, counts = None, (err.convs, err.norms, err.rows)
+        if assigned is None or missing or len(dense) != 1:
             raise _NotThisArchitecture(
-                f"{len(convs)} counted conv, {len(norms)} batch-norm and {len(dense)} dense "
+                f"{counts[0]} counted conv, {counts[1]} batch-norm and {len(dense)} dense "
                 f"layers" + (f", no {missing[0]}" if missing else "") + f"; "
-                f"{adapter.application} has {len(targets)}, {len(targets)} and 1")
+                f"{adapter.application} has {counts[2]}, {counts[2]} and 1")
         self.datasets, self.names = {}, {}
         used = set()
-        for target, conv, norm in zip(targets, convs, norms):
-            self._conv_bn(target, conv, norm)
-            used |= {conv.name, norm.name}
-        for keras_name, scope in adapter.named.items():
-            target = scopes[f"{spec.tf_root}/{scope}"]
-            if target.kind.name == "conv_bn":
-                norm = by_name.get(f"{keras_name}_bn")
-                if norm is None:
-                    raise PortError(f"{path}: layer {keras_name!r} has no batch norm "
-                                    f"{keras_name}_bn")
-                self._conv_bn(target, by_name[keras_name], norm)
-                used |= {keras_name, norm.name}
-            else:
+        for target, conv, norm in assigned:
+            if norm is None:  # a conv with a bias and no batch norm (a residual "up" conv)
                 variables = target.variables()
-                self._take(variables["weight"], by_name[keras_name], "kernel")
-                self._take(variables["bias"], by_name[keras_name], "bias")
-                used.add(keras_name)
+                self._take(variables["weight"], by_name[conv], "kernel")
+                self._take(variables["bias"], by_name[conv], "bias")
+                used.add(conv)
+                continue
+            if norm not in by_name:
+                raise PortError(f"{path}: layer {conv!r} has no batch norm {norm}")
+            self._conv_bn(target, by_name[conv], by_name[norm])
+            used |= {conv, norm}
         classifier = spec.classifier.variables()
         self._take(classifier["weight"], dense[0], "kernel")
         self._take(classifier["bias"], dense[0], "bias")
@@ -241,7 +219,7 @@ class KerasReader:
                                 f"model: missing {err}") from err
             if isinstance(err, (OSError, RuntimeError)):  # h5py on damaged metadata
                 raise PortError(f"{self.path}: damaged Keras weights file "
-                                f"({type(err).__name__}: {_first_line(err)})") from err
+                                f"({type(err).__name__}: {shown(first_line(err))})") from err
             raise
 
     def _index(self, root, arch: str | None) -> None:
@@ -279,7 +257,7 @@ class KerasReader:
             value = np.asarray(self._datasets[name][()])
         except (OSError, RuntimeError) as err:  # a damaged chunk, a missing filter
             raise PortError(f"{self.path}: cannot read {self.stored_name(name)}: "
-                            f"{_first_line(err)}") from err
+                            f"{shown(first_line(err))}") from err
         return value.reshape(self._variables[name].shape)
 
     def close(self) -> None:
