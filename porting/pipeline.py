@@ -14,8 +14,10 @@ from pathlib import Path
 from porting.read.archives import DEFAULT_MAX_BYTES
 from porting.convert import Conversion, PortOptions, convert
 from porting.files import Outputs
-from porting.write.manifest import (build_manifest, hash_source_files, model_card, sidecar,
-                              source_record, stage_sidecar)
+from porting.write.card import model_card
+from porting.write.manifest import (Manifest, OutputRecord, PortOptionsRecord, ToolRecord,
+                                    VariablesRecord, hash_source_files, sidecar, source_record,
+                                    stage_sidecar, tool_version)
 from porting.read.open import open_source
 from porting.releases.registry import release_for
 from porting.read.sources import CheckpointSource
@@ -57,16 +59,19 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
     header = {"format": "pt", "model": f"{spec.name} ({spec.package}, TF-Slim exact)",
               "source": opened.published_name, "options": options.describe()} \
         if fmt == "safetensors" else None
-    options_record = {"architecture": spec.name, "num_classes": options.num_classes,
-                      "aux": options.aux, "fold_bn": options.fold_bn, "ema": options.ema,
-                      "reader": checkpoint.kind}
+    options_record = PortOptionsRecord(
+        architecture=spec.name, num_classes=options.num_classes, aux=options.aux,
+        fold_bn=options.fold_bn, ema=options.ema, reader=checkpoint.kind)
     # All outputs are staged, then renamed into place together, the weights last.
     with Outputs(inputs) as outputs:
         written = write_hashed(conversion.state_dict, dst, outputs, force=force, fmt=fmt,
                                metadata=header)
-        manifest = build_manifest(source, written.path, fmt, written.sha256, written.size,
-                                  header, options_record, len(variables), mapped,
-                                  conversion.skipped)
+        manifest = Manifest(
+            tool=ToolRecord(version=tool_version()), source=source,
+            output=OutputRecord(file=written.path.name, format=fmt, bytes=written.size,
+                                sha256=written.sha256, header_metadata=header),
+            options=options_record,
+            variables=VariablesRecord.of(len(variables), mapped, conversion.skipped))
         manifest_path = sidecar(written.path, ".json")
         manifest = stage_sidecar(outputs, manifest_path, manifest, written.sha256, force)
         card_path = sidecar(written.path, ".md") if card else None

@@ -95,12 +95,12 @@ def test_release_archive_ports_with_parity(name, release_archives, tf_outputs, p
 
     manifest_path = output.with_suffix(".json")
     manifest = record_parity(manifest_path, logits, "TF-Slim inception_v3 on 10 photos")
-    source = manifest["source"]
-    assert source["release"] == name and source["url"] == release.url
-    assert source["format"] == release.format and source["checkpoint"] == release.checkpoint
-    assert source["archive"]["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
-    assert {f["name"] for f in source["files"]} == {m for m in release.members
-                                                    if not m.endswith(".meta")}
-    assert manifest["variables"]["mapped_count"] == 388
-    assert manifest["variables"]["skipped"] == {"global_step": "training counter"}
+    source = manifest.source
+    assert source.release == name and source.url == release.url
+    assert source.format == release.format and source.checkpoint == release.checkpoint
+    assert source.archive.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert {f.name for f in source.files} == {m for m in release.members
+                                              if not m.endswith(".meta")}
+    assert manifest.variables.mapped_count == 388
+    assert manifest.variables.skipped == {"global_step": "training counter"}
     assert json.loads(manifest_path.read_text())["parity"]["passed"] is True

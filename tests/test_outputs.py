@@ -97,6 +97,16 @@ def test_manifest_records_sources_options_mapping_and_output(timm_layout, synthe
     assert manifest["parity"] is None  # not verified by the port itself
 
 
+def test_manifest_keys_are_the_recorded_ones(timm_layout):
+    """A real port's manifest has the keys, in the order, that tests/test_manifest.py records
+    (the archive and the parity are null here, so their keys are not in the file)."""
+    from test_manifest import PORT_KEYS, key_paths
+
+    expected = [key for key in PORT_KEYS if not key.startswith(("source.archive.", "parity."))]
+    for result in timm_layout.values():
+        assert key_paths(result.manifest.read_bytes()) == expected
+
+
 def test_model_card_reads_like_a_model_zoo_entry(timm_layout):
     card = timm_layout["pth"].card.read_text()
     for fact in ("adv_inception_v3_2017_08_18.tar.gz", "http://download.tensorflow.org/models/",

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from porting.releases import registry
-from porting.write.manifest import hash_source_files, model_card, source_record
+from porting.write.card import model_card
+from porting.write.manifest import (Manifest, OutputRecord, PortOptionsRecord, SourceRecord,
+                                    ToolRecord, VariablesRecord, hash_source_files, source_record)
 
 RELEASE = "adv_inception_v3"
 
@@ -56,19 +58,23 @@ def _pin(lock: Path, digest: str, archive: str | None = None) -> None:
                                           "url": "http://mirror/x"}}))
 
 
-def _record(given: Path, source: _Source, archive: Path | None, release=RELEASE) -> dict:
+def _record(given: Path, source: _Source, archive: Path | None, release=RELEASE) -> SourceRecord:
     found = registry.get_release(release) if release else None
     return source_record(given, source, hash_source_files(source, archive), found, 1001)
 
 
-def _card(source_record_: dict) -> str:
-    manifest = {
-        "tool": {"version": "0"}, "source": source_record_, "parity": None,
-        "output": {"file": "m-12345678.pth", "format": "pth", "sha256": "0" * 64},
-        "options": {"architecture": "inception_v3", "num_classes": 1000, "aux": True,
-                    "fold_bn": False},
-    }
-    return model_card(manifest)
+def _manifest(source_record_: SourceRecord) -> Manifest:
+    return Manifest(
+        tool=ToolRecord(version="0"), source=source_record_,
+        output=OutputRecord(file="m-12345678.pth", format="pth", bytes=0, sha256="0" * 64,
+                            header_metadata=None),
+        options=PortOptionsRecord(architecture="inception_v3", num_classes=1000, aux=True,
+                                  fold_bn=False, ema=False, reader="native"),
+        variables=VariablesRecord.of(0, {}, {}))
+
+
+def _card(source_record_: SourceRecord) -> str:
+    return model_card(_manifest(source_record_))
 
 
 def _origin(card: str) -> str:
@@ -81,7 +87,7 @@ def test_archive_matching_the_pinned_digest_is_the_official_release(named_like_t
     archive, source = named_like_the_release
     _pin(lock, hashlib.sha256(archive.read_bytes()).hexdigest())
     record = _record(archive, source, archive)
-    assert record["release"] == RELEASE and record["release_verified"] is True
+    assert record.release == RELEASE and record.release_verified is True
     origin = _origin(_card(record))
     assert f"the official {RELEASE}" in origin and "not verified" not in origin
     assert "http://download.tensorflow.org/models/adv_inception_v3_2017_08_18.tar.gz" in origin
@@ -92,7 +98,7 @@ def test_registry_digest_counts_as_the_pin(named_like_the_release, monkeypatch):
     release = dataclasses.replace(registry.get_release(RELEASE),
                                   sha256=hashlib.sha256(archive.read_bytes()).hexdigest())
     monkeypatch.setattr(registry, "load_registry", lambda *a: {RELEASE: release})
-    assert _record(archive, source, archive)["release_verified"] is True
+    assert _record(archive, source, archive).release_verified is True
 
 
 @pytest.mark.parametrize("pin", ["none", "other digest", "other archive name"])
@@ -104,7 +110,7 @@ def test_archive_merely_named_like_the_release_is_not_the_official_one(named_lik
     elif pin == "other archive name":  # a pin of some other file, whatever its digest
         _pin(lock, hashlib.sha256(archive.read_bytes()).hexdigest(), archive="renamed.tar.gz")
     record = _record(archive, source, archive)
-    assert record["release"] == RELEASE and record["release_verified"] is False
+    assert record.release == RELEASE and record.release_verified is False
     origin = _origin(_card(record))
     assert "the official" not in origin
     assert f"a checkpoint named like {RELEASE} (digest not verified)" in origin
@@ -115,8 +121,8 @@ def test_unpacked_checkpoint_is_never_verified(named_like_the_release, lock):
     archive, source = named_like_the_release
     _pin(lock, hashlib.sha256(archive.read_bytes()).hexdigest())
     record = _record(source.prefix, source, None)
-    assert record["release"] == RELEASE and record["archive"] is None
-    assert record["release_verified"] is False
+    assert record.release == RELEASE and record.archive is None
+    assert record.release_verified is False
     origin = _origin(_card(record))
     assert "the official" not in origin and "(digest not verified)" in origin
     assert f"`{source.prefix.name}`" in origin
@@ -125,7 +131,7 @@ def test_unpacked_checkpoint_is_never_verified(named_like_the_release, lock):
 def test_no_release_is_not_verified_and_card_says_local_file(named_like_the_release):
     archive, source = named_like_the_release
     record = _record(archive, source, archive, release=None)
-    assert record["release"] is None and record["release_verified"] is False
+    assert record.release is None and record.release_verified is False
     assert "(local file, V2)" in _origin(_card(record))
 
 
@@ -133,6 +139,8 @@ def test_manifest_without_the_field_reads_as_unverified(named_like_the_release, 
     """A manifest written before release_verified existed names no official release."""
     archive, source = named_like_the_release
     _pin(lock, hashlib.sha256(archive.read_bytes()).hexdigest())
-    record = _record(archive, source, archive)
-    del record["release_verified"]
-    assert "(digest not verified)" in _origin(_card(record))
+    document = json.loads(_manifest(_record(archive, source, archive)).to_json())
+    assert document["source"].pop("release_verified") is True
+    read = Manifest.from_json(json.dumps(document), "old.json")
+    assert read.source.release_verified is False
+    assert "(digest not verified)" in _origin(model_card(read))

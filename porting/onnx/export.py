@@ -9,16 +9,20 @@ options give the same bytes (torch's TorchScript exporter is deterministic; test
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from models.spec import ClassLayout
 from porting.errors import PortError
 from porting.files import Outputs, cannot_write, sha256_file
-from porting.write.manifest import MANIFEST_VERSION, sidecar, stage_sidecar, tool_version
 from porting.onnx.graph import PREFIX, with_metadata
-from porting.write.hashed import Written, hashed_path
+from porting.write.hashed import Written, hashed_path, settle_hashed
+from porting.write.manifest import (ExportOptionsRecord, ExportSourceRecord, GraphOutputRecord,
+                                    Manifest, ToolRecord, ported_from, sidecar, stage_sidecar,
+                                    tool_version)
 
 SUFFIX = ".onnx"
 
@@ -31,17 +35,26 @@ class ExportResult:
     outputs: tuple[str, ...]
 
 
+def class_layout(spec, num_classes: int) -> ClassLayout:
+    """The layout of a model with ``num_classes`` outputs: made from the architecture's
+    trained classes if it can be, else from a checkpoint with that many (no background)."""
+    try:
+        return ClassLayout.of(spec.eval, num_classes)
+    except ValueError:
+        return ClassLayout.of(spec.eval, num_classes, source=num_classes)
+
+
 def classes_meaning(spec, num_classes: int) -> tuple[int, str]:
     """(label offset, the background-class choice in words) of a graph with ``num_classes``
     outputs."""
-    offset = spec.eval.label_offset
-    if offset and num_classes == spec.eval.num_classes:
-        return offset, (f"kept: output 0 is TF-Slim's background class, outputs {offset}.."
-                        f"{num_classes - 1} the ImageNet-1k classes")
-    if offset and num_classes == spec.eval.num_classes - offset:
-        return 0, (f"dropped: output i is TF-Slim's class i + {offset} (timm's layout, "
-                   "ImageNet-1k order)")
-    return 0, "none: the source had no background class"
+    layout = class_layout(spec, num_classes)
+    if layout.offset:
+        return layout.offset, (f"kept: output 0 is TF-Slim's background class, outputs "
+                               f"{layout.offset}..{layout.outputs - 1} the ImageNet-1k classes")
+    if layout.dropped:
+        return layout.offset, (f"dropped: output i is TF-Slim's class i + {layout.dropped} "
+                               "(timm's layout, ImageNet-1k order)")
+    return layout.offset, "none: the source had no background class"
 
 
 def graph_metadata(spec, num_classes: int, input_size: int, weights: Path, sha256: str,
@@ -108,8 +121,18 @@ def export_weights(weights: str | Path, dst: str | Path, input_size: int | None 
                                 f"{PREFIX}* metadata says how to feed it and what its "
                                 "outputs mean")
         written = _stage(outputs, dst, payload, force)
-        manifest = _manifest(weights, source_sha256, written, metadata, names, opset,
-                             end_points, spec.name, model.num_classes, input_size)
+        manifest = Manifest(
+            tool=ToolRecord(version=tool_version()),
+            source=ExportSourceRecord(weights=weights.name, bytes=weights.stat().st_size,
+                                      sha256=source_sha256,
+                                      ported_from=ported_from(weights, source_sha256)),
+            output=GraphOutputRecord(file=written.path.name, format="onnx", bytes=written.size,
+                                     sha256=written.sha256, onnx_metadata=metadata),
+            options=ExportOptionsRecord(architecture=spec.name, num_classes=model.num_classes,
+                                        input_size=input_size, opset=opset, outputs=names,
+                                        end_points=end_points, exporter=metadata["exporter"],
+                                        onnx=version("onnx")),
+            variables=None)
         manifest_path = sidecar(written.path, ".json")
         stage_sidecar(outputs, manifest_path, manifest, written.sha256, force)
         outputs.commit(last=written.path)
@@ -117,47 +140,12 @@ def export_weights(weights: str | Path, dst: str | Path, input_size: int | None 
 
 
 def _stage(outputs: Outputs, dst: Path, payload: bytes, force: bool) -> Written:
-    import hashlib
-
     sha256 = hashlib.sha256(payload).hexdigest()
-    final = hashed_path(dst, sha256)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise cannot_write(final, err) from err
-    outputs.check(final)
-    if final.exists():
-        if final.is_file() and sha256_file(final) == sha256:
-            return Written(final, sha256, unchanged=True, size=len(payload))
-        if not force:
-            raise PortError(f"{final}: exists with different contents; pass --force to replace it")
-    outputs.add(final, payload)
-    return Written(final, sha256, unchanged=False, size=len(payload))
-
-
-def _manifest(weights: Path, source_sha256: str, written: Written, metadata: dict,
-              names: tuple[str, ...], opset: int, end_points: bool, architecture: str,
-              num_classes: int, input_size: int) -> dict:
-    source_manifest = sidecar(weights, ".json")
-    ported_from = None
-    if source_manifest.is_file():
-        try:
-            recorded = json.loads(source_manifest.read_text())
-            if recorded["output"]["sha256"] == source_sha256:
-                ported_from = recorded["source"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # not this file's manifest: the export stands on the weights' own digest
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "tool": {"name": "tf-porting", "version": tool_version()},
-        "source": {"weights": weights.name, "bytes": weights.stat().st_size,
-                   "sha256": source_sha256, "ported_from": ported_from},
-        "output": {"file": written.path.name, "format": "onnx", "bytes": written.size,
-                   "sha256": written.sha256, "onnx_metadata": metadata},
-        "options": {"architecture": architecture, "num_classes": num_classes, "aux": False,
-                    "fold_bn": True, "input_size": input_size, "dynamic_batch": True,
-                    "opset": opset, "outputs": list(names), "end_points": end_points,
-                    "exporter": metadata["exporter"],
-                    "onnx": version("onnx")},
-        "parity": None,
-    }
+        raise cannot_write(hashed_path(dst, sha256), err) from err
+    written = settle_hashed(outputs, dst, sha256, len(payload), force)
+    if not written.unchanged:
+        outputs.add(written.path, payload)
+    return written

@@ -25,7 +25,8 @@ from porting.errors import PortError
 from porting.onnx.graph import PoolFinding, check_average_pools, read_exported
 from porting.verify.parity import Parity
 from porting.verify.run import (Progress, Report, VerifyRequest, compare_outputs, first_class_of,
-                            open_reference, record_manifest_parity)
+                            open_reference)
+from porting.write.manifest import record_manifest_parity
 
 BATCH = 10  # the larger batch every engine runs, besides batch 1
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from porting.verify.gradients import FLOAT32_RELATIVE_TOLERANCE, GradientParity,
 from porting.verify.parity import (FLOAT64_RELATIVE_TOLERANCE, MAP_RELATIVE_TOLERANCE,
                             RELATIVE_TOLERANCE, Parity, compare, torch_end_points)
 from porting.weights import load_ported
+from porting.write.manifest import record_manifest_parity
 
 # progress(phase, images done, images in all)
 Progress = Callable[[str, int, int], None]
@@ -406,31 +406,3 @@ def run(request: VerifyRequest, progress: Progress | None = None) -> Report:
 def _tf_end_points(tf_model, end_points: tuple[str, ...], images: np.ndarray, start: int,
                    stop: int) -> dict:
     return tf_model(images[start:stop], end_points)
-
-
-def record_manifest_parity(weights: Path, parity: Parity,
-                           reference: str) -> tuple[Path | None, str | None]:
-    """Record a Logits parity, passed or failed, in the manifest ``port`` (or ``export``) wrote
-    beside ``weights`` (and refresh its model card, if there is one).
-
-    Returns (manifest updated, None), or (None, why a file there was left alone), or
-    (None, None) when there is no manifest. A manifest that describes another file (the
-    weights were replaced or edited after porting) is left alone."""
-    from porting.files import sha256_file
-    from porting.write.manifest import record_parity, sidecar
-
-    path = sidecar(weights, ".json")
-    if not path.is_file():
-        return None, None
-    try:
-        described = json.loads(path.read_text())["output"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return None, f"{path} is not a readable manifest ({type(err).__name__})"
-    if described != sha256_file(weights):
-        return None, f"{path} describes another file (sha256 {str(described)[:12]}...)"
-    card = sidecar(weights, ".md")
-    try:
-        record_parity(path, parity, reference, card if card.is_file() else None)
-    except PortError as err:  # e.g. read-only: the report stands, the manifest is unchanged
-        return None, str(err)
-    return path, None

@@ -105,13 +105,28 @@ def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = Fa
         else:
             save_state_dict(state_dict, hashing)
         sha256, size = hashing.digest.hexdigest(), hashing.size
+    written = settle_hashed(outputs, dst, sha256, size, force)
+    staged.path = written.path
+    if written.unchanged:
+        outputs.drop(written.path)
+    return written
+
+
+def settle_hashed(outputs: Outputs, dst: Path, sha256: str, size: int, force: bool) -> Written:
+    """Where the file with ``sha256`` goes: ``hashed_path(dst, sha256)``, the rule of every
+    file named after its contents (weights, ONNX graphs). An identical file already there is
+    left as it is (``unchanged``: stage nothing), one with other contents is replaced only with
+    ``force``; the caller stages the file under ``Written.path`` otherwise."""
     final = hashed_path(dst, sha256)
     outputs.check(final)
-    staged.path = final
     if final.exists():
-        if sha256_file(final) == sha256:
-            outputs.drop(final)
+        if final.is_file() and sha256_file(final) == sha256:
             return Written(final, sha256, unchanged=True, size=size)
         if not force:
-            raise PortError(f"{final}: exists with different contents; pass --force to replace it")
+            raise exists_with_other_contents(final)
     return Written(final, sha256, unchanged=False, size=size)
+
+
+def exists_with_other_contents(path: Path) -> PortError:
+    """The one-line error for an output that would replace another file without ``--force``."""
+    return PortError(f"{path}: exists with different contents; pass --force to replace it")

@@ -1,37 +1,41 @@
-"""What sits beside every ported file: a JSON manifest and, on request, a Markdown model card.
+"""The JSON manifest beside every ported file (``port``) and every ONNX graph (``export``).
 
-The manifest says where the weights came from (files and their sha256), how they were made
-(tool version, options), what was mapped and skipped, and what was written. It has no
-timestamps, so porting the same input twice gives the same manifest. Parity figures are null
-until a check against the reference has run (``record_parity``).
+The manifest says where the file came from (files and their sha256), how it was made (tool
+version, options), what was mapped and skipped, and what was written. It has no timestamps, so
+making the same file twice gives the same manifest. Parity figures are null until a check
+against the reference has run (``record_parity``).
+
+``Manifest`` is the typed record (as huggingface_hub's ``CardData``): ``Manifest.to_json`` is the
+one writer, ``Manifest.from_json`` / ``read_manifest`` the one reader, which turns a damaged or
+foreign file into one ``PortError`` line. Nothing else spells a key of the file: the JSON keys
+are the records' field names, in field order.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
+import types
+import typing
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from models.spec import get_architecture
-from porting.errors import PortError
+from porting.errors import PortError, first_line
 from porting.files import Outputs, sha256_file
-from porting.releases.registry import Release, load_registry, pinned_sha256
+from porting.releases.registry import Release, pinned_sha256
+from porting.write.card import model_card
+from porting.write.hashed import exists_with_other_contents
 
 if TYPE_CHECKING:  # porting.verify.parity imports torch, which a port does without
     from porting.verify.parity import Parity
 
 MANIFEST_VERSION = 1
-COMPETITION_BIBTEX = """@article{kurakin2018adversarial,
-  title   = {Adversarial Attacks and Defences Competition},
-  author  = {Kurakin, Alexey and Goodfellow, Ian and Bengio, Samy and others},
-  journal = {arXiv preprint arXiv:1804.00097},
-  year    = {2018}
-}"""
+TOOL_NAME = "tf-porting"
 
 
 def tool_version() -> str:
-    return version("tf-porting")
+    return version(TOOL_NAME)
 
 
 def sidecar(output: Path, suffix: str) -> Path:
@@ -39,199 +43,416 @@ def sidecar(output: Path, suffix: str) -> Path:
     return output.with_suffix(suffix)
 
 
-def _file_record(path: Path, base: Path) -> dict:
-    return {"name": str(path.relative_to(base)), "bytes": path.stat().st_size,
-            "sha256": sha256_file(path)}
+# --- the records -----------------------------------------------------------------------------
+# Field order is the file's key order. A field with ``_ABSENT`` metadata may be missing from a
+# file (written before the field existed) and reads as that value.
+
+_ABSENT = "absent"
 
 
-def hash_source_files(checkpoint_source, archive: Path | None) -> dict:
-    """Names, sizes and sha256 of the source files; call it while they exist (archives are
-    unpacked only for the duration of a port)."""
+@dataclass(frozen=True, kw_only=True)
+class ToolRecord:
+    name: str = TOOL_NAME
+    version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRecord:
+    name: str   # relative to the folder of the checkpoint (or of the archive)
+    bytes: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path, base: Path) -> FileRecord:
+        return cls(name=str(path.relative_to(base)), bytes=path.stat().st_size,
+                   sha256=sha256_file(path))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceRecord:
+    """What ``port`` read: the checkpoint as given, and the release its name matched."""
+    given: str
+    format: str
+    num_classes: int            # of the checkpoint's classifier
+    checkpoint: str
+    release: str | None
+    # the content is the release: the archive's sha256 is the one pinned for it
+    release_verified: bool = field(metadata={_ABSENT: False})
+    url: str | None
+    archive: FileRecord | None
+    files: tuple[FileRecord, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSourceRecord:
+    """What ``export`` read: the ported weights, and what they were ported from (the source
+    record of their own manifest, when it describes them)."""
+    weights: str
+    bytes: int
+    sha256: str
+    ported_from: SourceRecord | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputRecord:
+    """The ported weights file; ``header_metadata`` is a safetensors file's header metadata."""
+    file: str
+    format: str
+    bytes: int
+    sha256: str
+    header_metadata: dict[str, str] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphOutputRecord:
+    """The ONNX graph; ``onnx_metadata`` its metadata_props."""
+    file: str
+    format: str
+    bytes: int
+    sha256: str
+    onnx_metadata: dict[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PortOptionsRecord:
+    architecture: str
+    num_classes: int
+    aux: bool
+    fold_bn: bool
+    ema: bool
+    reader: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptionsRecord:
+    architecture: str
+    num_classes: int
+    aux: bool = False      # the graph never has the aux head
+    fold_bn: bool = True   # and always folds batch norm
+    input_size: int
+    dynamic_batch: bool = True
+    opset: int
+    outputs: tuple[str, ...]
+    end_points: bool
+    exporter: str
+    onnx: str              # the onnx package's version
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariablesRecord:
+    in_source: int
+    mapped_count: int
+    skipped_count: int
+    mapped: dict[str, str]   # stored variable name -> target
+    skipped: dict[str, str]  # variable name -> why
+
+    @classmethod
+    def of(cls, in_source: int, mapped: dict[str, str], skipped: dict[str, str]) -> VariablesRecord:
+        return cls(in_source=in_source, mapped_count=len(mapped), skipped_count=len(skipped),
+                   mapped=mapped, skipped=skipped)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParityRecord:
+    """A Logits parity check of the file, passed or failed, and what it was checked against."""
+    reference: str
+    images: int
+    max_abs_diff: float
+    tolerance: float
+    top1_agree: int | None
+    top5_agree: int | None
+    passed: bool
+
+    @classmethod
+    def of(cls, parity: Parity, reference: str) -> ParityRecord:
+        return cls(reference=reference, images=parity.images, max_abs_diff=parity.max_abs_diff,
+                   tolerance=parity.tolerance, top1_agree=parity.top1_agree,
+                   top5_agree=parity.top5_agree, passed=parity.passed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """A port's manifest (``SourceRecord``, ``OutputRecord``, ``PortOptionsRecord``,
+    ``VariablesRecord``) or an export's (``ExportSourceRecord``, ``GraphOutputRecord``,
+    ``ExportOptionsRecord``, no variables)."""
+    manifest_version: int = MANIFEST_VERSION
+    tool: ToolRecord
+    source: SourceRecord | ExportSourceRecord
+    output: OutputRecord | GraphOutputRecord
+    options: PortOptionsRecord | ExportOptionsRecord
+    variables: VariablesRecord | None  # a port's; an export's file has no such key
+    parity: ParityRecord | None = None
+
+    @property
+    def kind(self) -> str:
+        return "port" if isinstance(self.source, SourceRecord) else "export"
+
+    def with_parity(self, parity: ParityRecord | None) -> Manifest:
+        return dataclasses.replace(self, parity=parity)
+
+    def to_json(self) -> bytes:
+        """The file's bytes: keys in field order, indent 2, a final newline."""
+        document = _plain(self)
+        if self.variables is None:
+            del document["variables"]
+        return (json.dumps(document, indent=2) + "\n").encode("utf8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str, path: Path | str) -> Manifest:
+        """The manifest in ``data`` (the contents of ``path``); ManifestError, one line
+        naming ``path``, if it is not JSON or not a manifest this tool writes."""
+        try:
+            document = json.loads(data)
+        except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+            raise ManifestError(path, f"not JSON: {first_line(err)}") from err
+        try:
+            return _read_manifest(document)
+        except _Unreadable as err:
+            raise ManifestError(path, f"not a {TOOL_NAME} manifest: {err}") from err
+
+
+class ManifestError(PortError):
+    """A manifest that cannot be read: ``PATH: REASON``."""
+
+    def __init__(self, path: Path | str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def read_manifest(path: Path) -> Manifest:
+    """``Manifest.from_json`` of the file at ``path``; ManifestError if it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ManifestError(path, f"cannot read: {err.strerror or err}") from err
+    return Manifest.from_json(data, path)
+
+
+# --- writer and reader -----------------------------------------------------------------------
+
+def _plain(record):
+    """A record as JSON values, keys in field order (``dataclasses.asdict``; tuples as lists)."""
+    if dataclasses.is_dataclass(record):
+        return {f.name: _plain(getattr(record, f.name)) for f in dataclasses.fields(record)}
+    if isinstance(record, (list, tuple)):
+        return [_plain(item) for item in record]
+    if isinstance(record, dict):
+        return {key: _plain(value) for key, value in record.items()}
+    return record
+
+
+class _Unreadable(Exception):
+    """Where a manifest document departs from the records, e.g. "source.files[0].sha256: missing"."""
+
+
+_KINDS = {  # kind -> the record of each part of the file that depends on it
+    "port": {"source": SourceRecord, "output": OutputRecord, "options": PortOptionsRecord,
+             "variables": VariablesRecord},
+    "export": {"source": ExportSourceRecord, "output": GraphOutputRecord,
+               "options": ExportOptionsRecord, "variables": type(None)},
+}
+
+
+def _read_manifest(document) -> Manifest:
+    if not isinstance(document, dict):
+        raise _Unreadable(f"a JSON {type(document).__name__}, not an object")
+    if document.get("manifest_version") != MANIFEST_VERSION:
+        raise _Unreadable(f"manifest_version {document.get('manifest_version')!r}, "
+                          f"not {MANIFEST_VERSION}")
+    kind = "port" if "variables" in document else "export"
+    manifest = _read_record(Manifest, document, "", parts=_KINDS[kind])
+    if manifest.tool.name != TOOL_NAME:
+        raise _Unreadable(f"tool.name {manifest.tool.name!r}")
+    if manifest.variables is not None and (
+            manifest.variables.mapped_count != len(manifest.variables.mapped)
+            or manifest.variables.skipped_count != len(manifest.variables.skipped)):
+        raise _Unreadable("variables: counts differ from the lists")
+    return manifest
+
+
+def _read_record(cls, value, where: str, parts: dict | None = None):
+    if not isinstance(value, dict):
+        raise _Unreadable(f"{where or 'the file'}: {_json_type(value)}, not an object")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in value if key not in names]
+    if unknown:
+        raise _Unreadable(f"{where}{'.' if where else ''}{unknown[0]}: unknown key")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        at = f"{where}.{f.name}" if where else f.name
+        kind = (parts or {}).get(f.name, hints[f.name])
+        if f.name not in value:
+            if _ABSENT in f.metadata:
+                kwargs[f.name] = f.metadata[_ABSENT]
+                continue
+            if kind is type(None):
+                kwargs[f.name] = None
+                continue
+            raise _Unreadable(f"{at}: missing")
+        kwargs[f.name] = _read_value(kind, value[f.name], at)
+    return cls(**kwargs)
+
+
+def _read_value(kind, value, at: str):
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise _Unreadable(f"{at}: null")
+        (kind,) = [arg for arg in args if arg is not type(None)]
+        return _read_value(kind, value, at)
+    if kind is type(None):
+        raise _Unreadable(f"{at}: unexpected")
+    if dataclasses.is_dataclass(kind):
+        return _read_record(kind, value, at)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _Unreadable(f"{at}: {_json_type(value)}, not a list")
+        return tuple(_read_value(args[0], item, f"{at}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Unreadable(f"{at}: {_json_type(value)}, not an object")
+        for key, item in value.items():
+            _read_value(args[1], item, f"{at}[{key!r}]")
+        return value
+    # JSON true is no number, and an integer is a fine float (json writes 0.0 as "0.0")
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, kind) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, kind))
+    if not ok:
+        raise _Unreadable(f"{at}: {_json_type(value)}, not {_JSON_NAMES[kind]}")
+    return value
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _json_type(value) -> str:
+    return ("null" if value is None else "true or false" if isinstance(value, bool) else
+            "a string" if isinstance(value, str) else "a number" if isinstance(value, (int, float))
+            else "a list" if isinstance(value, list) else "an object")
+
+
+# --- a port's source -------------------------------------------------------------------------
+
+def hash_source_files(checkpoint_source, archive: Path | None
+                      ) -> tuple[FileRecord | None, tuple[FileRecord, ...]]:
+    """(archive, files): names, sizes and sha256 of the source files; call it while they exist
+    (archives are unpacked only for the duration of a port)."""
     base = checkpoint_source.files[0].parent
-    return {
-        "archive": _file_record(archive, archive.parent) if archive else None,
-        "files": [_file_record(path, base) for path in checkpoint_source.files],
-    }
+    return (FileRecord.of(archive, archive.parent) if archive else None,
+            tuple(FileRecord.of(path, base) for path in checkpoint_source.files))
 
 
-def source_record(given: str | Path, checkpoint_source, hashed_files: dict,
-                  release: Release | None, num_classes: int) -> dict:
+def source_record(given: str | Path, checkpoint_source,
+                  hashed_files: tuple[FileRecord | None, tuple[FileRecord, ...]],
+                  release: Release | None, num_classes: int) -> SourceRecord:
     """The source as the manifest records it; ``hashed_files`` from ``hash_source_files``.
 
     ``release`` is what the file's name matched; ``release_verified`` says whether its content
     is that release: true only when the archive's sha256 is the one pinned for the release (in
     the registry or releases.lock). An unpacked checkpoint cannot be checked against the
     archive's digest, so it is never verified."""
-    archive = hashed_files.get("archive")
+    archive, files = hashed_files
     expected = pinned_sha256(release.name) if release and archive else None
-    return {
-        "given": str(given),
-        "format": checkpoint_source.format,
-        "num_classes": num_classes,
-        "checkpoint": checkpoint_source.prefix.name,
-        "release": release.name if release else None,
-        "release_verified": bool(expected) and archive["sha256"] == expected,
-        "url": release.url if release else None,
-        **hashed_files,
-    }
+    return SourceRecord(
+        given=str(given), format=checkpoint_source.format, num_classes=num_classes,
+        checkpoint=checkpoint_source.prefix.name, release=release.name if release else None,
+        release_verified=bool(expected) and archive.sha256 == expected,
+        url=release.url if release else None, archive=archive, files=files)
 
 
-def build_manifest(source: dict, output: Path, output_format: str, sha256: str, size: int,
-                   header_metadata: dict | None, options: dict, variable_count: int,
-                   mapped: dict, skipped: dict) -> dict:
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "tool": {"name": "tf-porting", "version": tool_version()},
-        "source": source,
-        "output": {"file": output.name, "format": output_format, "bytes": size,
-                   "sha256": sha256, "header_metadata": header_metadata},
-        "options": options,
-        "variables": {"in_source": variable_count, "mapped_count": len(mapped),
-                      "skipped_count": len(skipped), "mapped": mapped, "skipped": skipped},
-        "parity": None,
-    }
+def ported_from(weights: Path, sha256: str) -> SourceRecord | None:
+    """The source record of the manifest beside ``weights``, if it is a port's manifest of the
+    file with ``sha256``; None otherwise (no manifest, another file's, or not readable)."""
+    path = sidecar(weights, ".json")
+    if not path.is_file():
+        return None
+    try:
+        recorded = read_manifest(path)
+    except ManifestError:
+        return None
+    if recorded.kind != "port" or recorded.output.sha256 != sha256:
+        return None
+    return recorded.source
 
 
-def _dump(document: dict) -> bytes:
-    return (json.dumps(document, indent=2) + "\n").encode("utf8")
+# --- staging and updating --------------------------------------------------------------------
 
-
-def stage_sidecar(outputs: Outputs, path: Path, content: dict | str, sha256: str,
+def stage_sidecar(outputs: Outputs, path: Path, content: Manifest | str, sha256: str,
                   force: bool):
-    """Stage a manifest (dict) or model card (str) of the weights with ``sha256``. An existing
-    sidecar of the same weights is refreshed, the parity ``verify`` recorded in a manifest
-    kept; any other file there (edited, or of other weights) is replaced only with ``force``,
-    the weights' rule. Returns what was staged."""
+    """Stage a manifest or model card (str) of the weights with ``sha256``. An existing sidecar
+    of the same weights is refreshed, the parity ``verify`` recorded in a manifest kept; any
+    other file there (edited, or of other weights) is replaced only with ``force``, the
+    weights' rule. Returns what was staged."""
     outputs.check(path)
     existing = path.read_bytes() if path.is_file() else None
     same_weights = False
     if existing is not None:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            if isinstance(content, dict):
-                recorded = json.loads(existing)
-                same_weights = recorded["output"]["sha256"] == sha256
-                if same_weights and recorded["parity"]:
-                    content = {**content, "parity": recorded["parity"]}
-            else:
-                same_weights = f"sha256 `{sha256}`".encode() in existing
-    payload = _dump(content) if isinstance(content, dict) else content.encode("utf8")
+        if isinstance(content, Manifest):
+            try:
+                recorded = Manifest.from_json(existing, path)
+            except ManifestError:
+                recorded = None
+            same_weights = recorded is not None and recorded.output.sha256 == sha256
+            if same_weights and recorded.parity:
+                content = content.with_parity(recorded.parity)
+        else:
+            same_weights = f"sha256 `{sha256}`".encode() in existing
+    payload = content.to_json() if isinstance(content, Manifest) else content.encode("utf8")
     if existing is not None:
         if existing == payload:
             return content
         if not (force or same_weights):
-            raise PortError(f"{path}: exists with different contents; pass --force to replace it")
+            raise exists_with_other_contents(path)
     outputs.add(path, payload)
     return content
 
 
 def record_parity(manifest_path: Path, parity: Parity, reference: str,
-                  card_path: Path | None = None) -> dict:
+                  card_path: Path | None = None) -> Manifest:
     """Add the figures of a passed or failed parity check to a manifest (and refresh the model
     card at ``card_path``, both or neither); return the manifest."""
-    manifest = json.loads(manifest_path.read_text())
-    manifest["parity"] = {
-        "reference": reference, "images": parity.images, "max_abs_diff": parity.max_abs_diff,
-        "tolerance": parity.tolerance, "top1_agree": parity.top1_agree,
-        "top5_agree": parity.top5_agree, "passed": parity.passed,
-    }
+    return _record_parity(manifest_path, read_manifest(manifest_path),
+                          ParityRecord.of(parity, reference), card_path)
+
+
+def _record_parity(manifest_path: Path, manifest: Manifest, parity: ParityRecord,
+                   card_path: Path | None) -> Manifest:
+    manifest = manifest.with_parity(parity)
     with Outputs() as outputs:
-        outputs.add(manifest_path, _dump(manifest))
+        outputs.add(manifest_path, manifest.to_json())
         if card_path is not None:
             outputs.add(card_path, model_card(manifest).encode("utf8"))
         outputs.commit()
     return manifest
 
 
-def _classes_line(options: dict, source_classes: int, offset: int) -> str:
-    if options["num_classes"] == source_classes and offset:
-        return (f"{source_classes}: index 0 is TF-Slim's \"background\" class, 1..1000 the "
-                "ImageNet-1k classes (TF's order)")
-    if options["num_classes"] < source_classes:
-        return (f"{options['num_classes']} ImageNet-1k classes; TF-Slim's background row 0 was "
-                "dropped, so index i here is TF's index i + 1 (timm's layout)")
-    return (f"{options['num_classes']} ImageNet-1k classes, as the source had them "
-            "(no background class)")
+def record_manifest_parity(weights: Path, parity: Parity,
+                           reference: str) -> tuple[Path | None, str | None]:
+    """Record a Logits parity, passed or failed, in the manifest ``port`` (or ``export``) wrote
+    beside ``weights`` (and refresh the model card of a port, if there is one).
 
-
-def _channels(values) -> str:
-    return str(values[0]) if len(set(values)) == 1 else ", ".join(f"{v:.4g}" for v in values)
-
-
-def _crop_line(prep) -> str:
-    if prep.resize_side is not None:
-        return f"resize the shorter side to {prep.resize_side}, then central crop {prep.input_size}"
-    return f"central crop {prep.crop_fraction} of the image, then resize"
-
-
-def _batch_norm_line(spec, fold_bn: bool) -> str:
-    if not fold_bn:
-        return f"kept ({spec.batch_norm})"
-    kept = spec.standalone_batch_norms
-    return "folded into the convolutions" + (
-        f"; the {kept} batch norms with no conv before them kept ({spec.batch_norm})" if kept else "")
-
-
-def model_card(manifest: dict) -> str:
-    """A model-zoo style Markdown card for the file the manifest describes."""
-    source, output, options = manifest["source"], manifest["output"], manifest["options"]
-    release = load_registry().get(source["release"]) if source["release"] else None
-    spec = get_architecture(options["architecture"])
-    prep = spec.eval  # the recipe the architecture's TF-Slim models were evaluated with
-    params = spec.parameter_count(options["num_classes"], options["aux"], options["fold_bn"])
-    origin = (f"the official {release.name}: [{release.archive}]({release.url}) ({release.title}, "
-              f"{release.date}; sha256 matches the pinned digest)"
-              if release and source.get("release_verified") else
-              f"`{Path(source['given']).name}`: a checkpoint named like {release.name} (digest not "
-              f"verified), the release published as [{release.archive}]({release.url}) "
-              f"({release.title}, {release.date})" if release
-              else f"`{Path(source['given']).name}` (local file, {source['format']})")
-    parity = manifest["parity"]
-    parity_line = (f"max abs logit diff {parity['max_abs_diff']:.3g} (bound {parity['tolerance']:.3g}), "
-                   f"top-1 {parity['top1_agree']}/{parity['images']}, top-5 "
-                   f"{parity['top5_agree']}/{parity['images']} vs {parity['reference']}"
-                   if parity else "not verified for this file (run a parity check)")
-    papers = [f"- {release.paper}"] if release and release.paper != spec.paper else []
-    name = Path(output["file"]).stem
-    return "\n".join([
-        f"# {name}",
-        "",
-        f"{spec.title} weights ported to PyTorch by tf-porting {manifest['tool']['version']} "
-        f"for the TF-exact definition `{spec.model.replace(':', '.')}` (state-dict keys "
-        + (f"as timm's `{spec.timm_keys}`)." if spec.timm_keys else "named after TF-Slim's scopes)."),
-        "",
-        "| | |",
-        "| --- | --- |",
-        f"| Source | {origin} |",
-        f"| Weights | `{output['file']}` ({output['format']}), sha256 `{output['sha256']}` |",
-        f"| Parameters | {params:,} ({params / 1e6:.1f} M) |",
-        f"| Classes | {_classes_line(options, source['num_classes'], prep.label_offset)} |",
-        f"| Aux head | {'included (AuxLogits)' if options['aux'] else 'not included'} |",
-        f"| Batch norm | {_batch_norm_line(spec, options['fold_bn'])} |",
-        f"| Input | {prep.input_size}x{prep.input_size} {prep.color}, NCHW float, "
-        f"values in [{prep.value_range[0]:g}, {prep.value_range[1]:g}] (mean {_channels(prep.mean)}, "
-        f"std {_channels(prep.std)} per channel, on pixels scaled to [0, 1]) |",
-        f"| Eval crop | {_crop_line(prep)} |",
-        f"| Interpolation | {prep.interpolation} |",
-        f"| Recipe | {prep.recipe} |",
-        f"| Parity | {parity_line} |",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from porting.weights import load_ported  # .pth with weights_only=True, or safetensors",
-        "",
-        f"model = load_ported(\"{output['file']}\")",
-        f"logits = model(images)  # images: N x 3 x {prep.input_size} x {prep.input_size}, "
-        "preprocessed as above",
-        "```",
-        "",
-        "## Citation",
-        "",
-        "```bibtex",
-        COMPETITION_BIBTEX,
-        "```",
-        "",
-        f"Architecture: {spec.paper}",
-        *(["", "Training of these weights:", *papers] if papers else []),
-        "",
-    ])
+    Returns (manifest updated, None), or (None, why a file there was left alone), or
+    (None, None) when there is no manifest. A manifest that describes another file (the
+    weights were replaced or edited after porting) is left alone."""
+    path = sidecar(weights, ".json")
+    if not path.is_file():
+        return None, None
+    try:
+        manifest = read_manifest(path)
+    except ManifestError as err:
+        return None, f"{path} is not a readable manifest ({err.reason})"
+    described = manifest.output.sha256
+    if described != sha256_file(weights):
+        return None, f"{path} describes another file (sha256 {described[:12]}...)"
+    card = sidecar(weights, ".md")
+    refresh = card if manifest.kind == "port" and card.is_file() else None
+    try:
+        _record_parity(path, manifest, ParityRecord.of(parity, reference), refresh)
+    except PortError as err:  # e.g. read-only: the report stands, the manifest is unchanged
+        return None, str(err)
+    return path, None
