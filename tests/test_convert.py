@@ -8,7 +8,8 @@ from models import model_for_state_dict
 from porting.convert import PortOptions, convert
 from porting.errors import PortError
 from models.inception_v3.spec import LAYERS
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 from porting.read.open import open_reader
 
 AUX_PREFIX = "InceptionV3/AuxLogits/"

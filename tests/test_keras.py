@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from models import model_for_state_dict
 from porting.cli import main
 from models.inception_v3.spec import LAYERS
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 from models.calibration import whitened_classifier
 
 

@@ -235,3 +235,28 @@ def model_card(manifest: dict) -> str:
         *(["", "Training of these weights:", *papers] if papers else []),
         "",
     ])
+
+
+def record_manifest_parity(weights: Path, parity: Parity,
+                           reference: str) -> tuple[Path | None, str | None]:
+    """Record a Logits parity, passed or failed, in the manifest ``port`` (or ``export``) wrote
+    beside ``weights`` (and refresh its model card, if there is one).
+
+    Returns (manifest updated, None), or (None, why a file there was left alone), or
+    (None, None) when there is no manifest. A manifest that describes another file (the
+    weights were replaced or edited after porting) is left alone."""
+    path = sidecar(weights, ".json")
+    if not path.is_file():
+        return None, None
+    try:
+        described = json.loads(path.read_text())["output"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"{path} is not a readable manifest ({type(err).__name__})"
+    if described != sha256_file(weights):
+        return None, f"{path} describes another file (sha256 {str(described)[:12]}...)"
+    card = sidecar(weights, ".md")
+    try:
+        record_parity(path, parity, reference, card if card.is_file() else None)
+    except PortError as err:  # e.g. read-only: the report stands, the manifest is unchanged
+        return None, str(err)
+    return path, None
