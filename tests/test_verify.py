@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from blocked_imports import CLI, TENSORFLOW, run_blocked
+from blocked_imports import CLI, TENSORFLOW, TORCH, run_blocked
 from models.inception_v3.spec import SPEC
 from porting.cli import main
 from porting.verify.torch_runner import compare_end_points
@@ -160,6 +160,23 @@ def test_goldens_verify_without_tensorflow_fails_on_a_sabotaged_file(goldens, po
 def test_tensorflow_is_really_blocked(tmp_path):
     probe = run_blocked(TENSORFLOW, "import tensorflow")
     assert probe.returncode != 0 and "tensorflow is blocked" in probe.stderr
+
+
+# The verification's torch-free core, and what checks an exported graph on goldens.
+TORCH_FREE = ("porting.verify.request", "porting.verify.reference", "porting.verify.goldens",
+              "porting.verify.parity", "porting.verify.report", "porting.verify.run",
+              "porting.verify.photos", "porting.onnx.verify", "porting.cli")
+
+
+def test_the_verification_core_imports_without_torch_or_tensorflow():
+    probe = run_blocked(TORCH + TENSORFLOW, f"import {', '.join(TORCH_FREE)}; "
+                        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+                        "{'torch', 'tensorflow'}))")
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]"
+    # the check can fail: the PyTorch runner is refused in the same mode
+    probe = run_blocked(TORCH + TENSORFLOW, "import porting.verify.torch_runner")
+    assert probe.returncode != 0 and "torch is blocked" in probe.stderr
 
 
 def test_bad_weights_give_one_line_naming_the_file(tmp_path, goldens):
