@@ -458,7 +458,8 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     from pathlib import Path
 
     from porting.files import check_target, write_json
-    from porting.verify.run import UsageProblem, VerifyRequest
+    from porting.verify.request import UsageProblem, VerifyRequest
+    from porting.verify.run import run
 
     def path(value):
         return None if value is None else Path(value)
@@ -471,13 +472,9 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
         request.check()
     except UsageProblem as err:
         raise click.UsageError(str(err)) from err
-    if request.onnx:
-        from porting.onnx.verify import run
-    else:
-        from porting.verify.run import run
     if json_path:  # refused before any work, and again when written
         check_target(Path(json_path), request.inputs())
-    report = run(request, progress=_progress_line)
+    report = run(request, _open_weights, progress=_progress_line)
     if report.compared:
         click.echo("\n".join(report.table()))
     if report.goldens_written:
@@ -494,6 +491,18 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
         click.echo(report.verdict(), err=True)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(report.verdict())
+
+
+def _open_weights(request):
+    """What ``verify`` checks: an exported graph in its inference engines (no torch), or a
+    ported file in PyTorch."""
+    if request.onnx:
+        from porting.onnx.verify import OnnxSubject
+
+        return OnnxSubject.open(request)
+    from porting.verify.torch_runner import TorchSubject
+
+    return TorchSubject.open(request)
 
 
 def _progress_line(phase: str, done: int, total: int) -> None:

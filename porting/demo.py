@@ -16,7 +16,8 @@ import numpy as np
 from models.calibration import synthetic_label
 from models.spec import get_architecture
 from porting.convert import PortOptions
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 from porting.releases.registry import get_release
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 TENSORFLOW = ("tensorflow", "tf_slim", "tf_keras")
+TORCH = ("torch",)
 CLI = "from porting.cli import main; main(sys.argv[1:])"  # port-weights ARGS
 
 

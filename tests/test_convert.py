@@ -10,7 +10,8 @@ from porting.convert import PortOptions, convert
 from porting.errors import PortError
 from porting.leftovers import non_model_reason
 from models.inception_v3.spec import LAYERS
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 from porting.read.open import open_reader
 
 AUX_PREFIX = "InceptionV3/AuxLogits/"

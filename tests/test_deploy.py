@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from models import deploy_model, model_for_state_dict
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 
 
 @pytest.fixture(scope="module")

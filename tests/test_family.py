@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from models import model_for_state_dict
 from porting.cli import main
 from porting.write.manifest import record_parity
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 from porting.releases.registry import load_registry
 
 RELEASES = sorted(name for name, release in load_registry().items()

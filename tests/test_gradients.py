@@ -8,7 +8,9 @@ from models.inception_v3.spec import SPEC
 from porting.errors import PortError
 from porting.verify.gradients import FLOAT32_RELATIVE_TOLERANCE, gradient_parity
 from porting.verify.parity import FLOAT64_RELATIVE_TOLERANCE
-from porting.verify.run import VerifyRequest, compare_end_points, run
+from porting.verify.request import VerifyRequest
+from porting.verify.run import run
+from porting.verify.torch_runner import TorchSubject, compare_end_points
 from porting.weights import load_ported
 
 END_POINTS = SPEC.end_points
@@ -28,12 +30,12 @@ def image64(photos):
     return photos[1][:1].astype(np.float64)
 
 
-@pytest.mark.parametrize("variant, first_class", [("1001", 0), ("1000", 1)])
-def test_float64_every_end_point_agrees_to_1e_10(variant, first_class, ported_files, tf_model64,
+@pytest.mark.parametrize("variant, dropped", [("1001", 0), ("1000", 1)])
+def test_float64_every_end_point_agrees_to_1e_10(variant, dropped, ported_files, tf_model64,
                                                  image64):
     expected = tf_model64(image64, END_POINTS)
     model = load_ported(ported_files[variant]).double()
-    results = compare_end_points(model, image64, lambda a, b: expected, first_class=first_class,
+    results = compare_end_points(model, image64, lambda a, b: expected, dropped=dropped,
                                  float64=True)
     assert list(results) == list(END_POINTS)
     for name, parity in results.items():
@@ -44,12 +46,13 @@ def test_float64_every_end_point_agrees_to_1e_10(variant, first_class, ported_fi
 
 def test_float64_refuses_a_folded_file(ported_files, synthetic_ckpt):
     with pytest.raises(PortError, match="folded weights were rounded to float32"):
-        run(VerifyRequest(weights=ported_files["fold-bn"], src=synthetic_ckpt, float64=True))
+        run(VerifyRequest(weights=ported_files["fold-bn"], src=synthetic_ckpt, float64=True),
+            TorchSubject.open)
 
 
 def test_float32_gradients_and_fgsm_agree(ported_files, tf_model, photos):
     parity = gradient_parity(load_ported(ported_files["1000"]), tf_model, photos[1][:2],
-                             first_class=1, relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
+                             dropped=1, relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
     print(parity)
     assert parity.passed, parity
     assert parity.sign_agreement > 0.98
@@ -58,14 +61,14 @@ def test_float32_gradients_and_fgsm_agree(ported_files, tf_model, photos):
 
 def test_float32_gradients_with_a_given_label(ported_files, tf_model, photos):
     parity = gradient_parity(load_ported(ported_files["1000"]), tf_model, photos[1][:1],
-                             first_class=1, labels=np.array([7]),
+                             dropped=1, labels=np.array([7]),
                              relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
     assert parity.passed, parity
 
 
 def test_float64_gradients_agree_to_1e_10(ported_files, tf_model64, image64):
     parity = gradient_parity(load_ported(ported_files["1001"]).double(), tf_model64, image64,
-                             first_class=0, relative_tolerance=FLOAT64_RELATIVE_TOLERANCE)
+                             dropped=0, relative_tolerance=FLOAT64_RELATIVE_TOLERANCE)
     print(parity)
     assert parity.passed, parity
 
@@ -77,7 +80,7 @@ def test_gradients_catch_a_wrong_port(ported_files, tf_model, photos):
     for module in model.modules():
         if isinstance(module, torch.nn.AvgPool2d):
             module.count_include_pad = True
-    parity = gradient_parity(model, tf_model, photos[1][:1], first_class=0,
+    parity = gradient_parity(model, tf_model, photos[1][:1], dropped=0,
                              relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
     print(parity)
     assert parity.relative_error > FLOAT32_RELATIVE_TOLERANCE

@@ -275,9 +275,9 @@ def model():
 def verify_with_model(model, monkeypatch):
     """``port-weights verify --goldens`` with the weights file replaced by a fresh Inception v3
     (1001 classes, aux): every golden tested here is refused before its numbers matter."""
-    import porting.verify.run
+    import porting.verify.torch_runner
 
-    monkeypatch.setattr(porting.verify.run, "load_ported", lambda path: model)
+    monkeypatch.setattr(porting.verify.torch_runner, "load_ported", lambda path: model)
 
     def verify(golden, tmp_path):
         report = tmp_path / "out" / "report.json"

@@ -15,7 +15,8 @@ from conftest import IRV2_VARIANTS
 from models import model_for_state_dict
 from models.inception_resnet_v2.spec import SPEC
 from porting.cli import main
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 
 DATA = Path(__file__).parent / "data"
 

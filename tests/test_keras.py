@@ -14,7 +14,8 @@ from models import model_for_state_dict
 from models.spec import KerasAdapter, KerasMismatch, get_architecture
 from porting.cli import main
 from models.inception_v3.spec import LAYERS
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 from models.calibration import whitened_classifier
 
 

@@ -4,11 +4,14 @@ architectures in ONNX Runtime and OpenVINO against TF's outputs on the photos (a
 
 The references are the session's TF outputs (TF-Slim's graph for Inception v3, Keras + TF's aux
 head for Inception-ResNet-v2) stored as golden files: no TF graph is rebuilt here (``--src``
-shares ``porting.verify.run.open_reference`` with the .pth tests).
+shares ``porting.verify.reference.open_reference`` with the .pth tests).
 """
 from __future__ import annotations
 
 import json
+import shutil
+
+import h5py
 
 import numpy as np
 import onnx
@@ -16,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
+from blocked_imports import CLI, TENSORFLOW, TORCH, run_blocked
 from porting.cli import main
 from porting.verify.goldens import GoldenRecorder, SourceInfo
 from porting.onnx.export import export_weights
@@ -149,6 +153,33 @@ def test_a_pool_that_counts_padding_is_caught_statically_and_by_parity(exported,
     assert len(verdict.splitlines()) == 1 and verdict.startswith("FAIL: 1 of 9 average pools")
     assert "/Mixed_5b/pool/AveragePool: count_include_pad=1" in verdict
     assert "batch 1: first divergence at Logits" in verdict
+
+
+def test_verify_on_goldens_needs_neither_torch_nor_tensorflow(exported, tmp_path):
+    """What a serving box has: an engine, numpy and h5py. The graph (a copy, with its manifest,
+    so the shared one's parity stays 10 images') passes on two images in every engine with
+    torch and TensorFlow unimportable, its parity recorded; goldens whose Logits are 1% off
+    (a graph/goldens mismatch) fail in the same mode."""
+    result, goldens = exported["inception_v3"]
+    graph = shutil.copy(result.written.path, tmp_path)
+    shutil.copy(result.manifest, tmp_path)
+    blocked = TORCH + TENSORFLOW
+    passed = run_blocked(blocked, CLI, "verify", "--goldens", goldens, "--weights", graph,
+                         "--count", 2)
+    assert passed.returncode == 0, passed.stderr
+    assert "Logits parity recorded: passed" in passed.stdout
+    assert passed.stdout.strip().splitlines()[-1].startswith("PASS: 4 runs"), passed.stdout
+
+    mismatched = shutil.copy(goldens, tmp_path / "mismatched.h5")
+    with h5py.File(mismatched, "a") as f:
+        f["end_points/Logits"][...] *= 1.01
+    failed = run_blocked(blocked, CLI, "verify", "--goldens", mismatched, "--weights", graph,
+                         "--count", 2, "--engine", "onnxruntime")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stderr
+    verdict = failed.stderr.strip().splitlines()[-1]
+    assert verdict.startswith("FAIL: ONNX Runtime") and "batch 1: first divergence at Logits" \
+        in verdict, verdict
 
 
 def test_a_pool_fed_by_an_explicit_pad_is_caught():

@@ -5,7 +5,8 @@ import torch
 from models import model_for_state_dict
 from conftest import VARIANTS
 from porting.convert import PortOptions
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 
 @pytest.fixture(scope="session")
 def ported_models(ported_files):

@@ -26,11 +26,12 @@ from models.resnet import model as resnet_model
 from models.spec import get_architecture
 from porting.cli import main
 from porting.convert import PortOptions
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import compare_end_points, torch_outputs
 from porting.verify.photos import load_photos
 from porting.pipeline import port_checkpoint
 from porting.releases.registry import load_registry
-from porting.verify.run import Report, compare_end_points
+from porting.verify.report import Report
 from porting.weights import load_ported
 
 from conftest import BATCH_1_IMAGES

@@ -6,10 +6,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from blocked_imports import CLI, TENSORFLOW, run_blocked
+from blocked_imports import CLI, TENSORFLOW, TORCH, run_blocked
 from models.inception_v3.spec import SPEC
 from porting.cli import main
-from porting.verify.run import compare_end_points, first_class_for
+from porting.verify.torch_runner import compare_end_points
 from porting.weights import load_ported
 
 END_POINTS = SPEC.end_points
@@ -25,8 +25,8 @@ def tf_end_points(tf_model, photos):
 
 
 def _verify(model, photos, tf_end_points):
-    first_class = 1 if model.num_classes == 1000 else 0
-    return compare_end_points(model, photos[1][:IMAGES], tf_end_points, first_class=first_class)
+    dropped = 1 if model.num_classes == 1000 else 0
+    return compare_end_points(model, photos[1][:IMAGES], tf_end_points, dropped=dropped)
 
 
 def _first_divergence(results) -> str | None:
@@ -81,14 +81,22 @@ def test_padding_counting_pools_are_found_at_mixed_5b(ported_files, photos, tf_e
     assert results["Mixed_5b"].relative_error > 100 * results["Mixed_5b"].relative_tolerance
 
 
-def test_class_count_must_fit_the_checkpoint(ported_files, tf_end_points):
+def test_class_count_must_fit_the_checkpoint():
     from porting.errors import PortError
     from porting.verify.goldens import SourceInfo
+    from porting.verify.reference import class_layout
 
-    model = load_ported(ported_files["1000"])
-    assert first_class_for("f.pth", model, SourceInfo("ckpt", {}, 1001, True, False, "float32")) == 1
-    with pytest.raises(PortError, match="f.pth: has 1000 classes"):
-        first_class_for("f.pth", model, SourceInfo("ckpt", {}, 10, True, False, "float32"))
+    def source(num_classes, architecture="inception_v3"):
+        return SourceInfo("ckpt", {}, num_classes, True, False, "float32", architecture)
+
+    assert class_layout("f.pth", SPEC, 1000, source(1001)).dropped == 1
+    assert class_layout("f.pth", SPEC, 1001, source(1001)).dropped == 0
+    with pytest.raises(PortError, match="^f.pth: has 1000 classes; it cannot be a port of ckpt "
+                                        r"\(10 classes\)$"):
+        class_layout("f.pth", SPEC, 1000, source(10))
+    with pytest.raises(PortError, match="^f.pth: is Inception v3; it cannot be a port of ckpt "
+                                        r"\(Inception-ResNet-v2\)$"):
+        class_layout("f.pth", SPEC, 1001, source(1001, "inception_resnet_v2"))
 
 
 @pytest.fixture(scope="session")
@@ -152,6 +160,23 @@ def test_goldens_verify_without_tensorflow_fails_on_a_sabotaged_file(goldens, po
 def test_tensorflow_is_really_blocked(tmp_path):
     probe = run_blocked(TENSORFLOW, "import tensorflow")
     assert probe.returncode != 0 and "tensorflow is blocked" in probe.stderr
+
+
+# The verification's torch-free core, and what checks an exported graph on goldens.
+TORCH_FREE = ("porting.verify.request", "porting.verify.reference", "porting.verify.goldens",
+              "porting.verify.parity", "porting.verify.report", "porting.verify.run",
+              "porting.verify.photos", "porting.onnx.verify", "porting.cli")
+
+
+def test_the_verification_core_imports_without_torch_or_tensorflow():
+    probe = run_blocked(TORCH + TENSORFLOW, f"import {', '.join(TORCH_FREE)}; "
+                        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+                        "{'torch', 'tensorflow'}))")
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]"
+    # the check can fail: the PyTorch runner is refused in the same mode
+    probe = run_blocked(TORCH + TENSORFLOW, "import porting.verify.torch_runner")
+    assert probe.returncode != 0 and "torch is blocked" in probe.stderr
 
 
 def test_bad_weights_give_one_line_naming_the_file(tmp_path, goldens):
@@ -244,12 +269,14 @@ def _fake_report(monkeypatch):
     import porting.verify.run
     from porting.verify.gradients import GradientParity
     from porting.verify.parity import Parity
+    from porting.verify.report import Report
 
-    report = porting.verify.run.Report(
-        "w.pth", "goldens g.h5", ["a.png"], "float32",
+    report = Report(
+        "w.pth", "goldens g.h5", ["a.png"], "float32", "inception_v3",
         end_points={"Logits": Parity(0.0, 1.0, 1e-4, 1, 1, 1)},
         gradients=GradientParity(float("inf"), 0.1, float("nan"), 1, 1, 0, 1))
-    monkeypatch.setattr(porting.verify.run, "run", lambda request, progress=None: report)
+    monkeypatch.setattr(porting.verify.run, "run", lambda request, open_weights, progress=None:
+                        report)
 
 
 def test_json_report_is_strict_json_with_null_for_non_finite_numbers(monkeypatch, tmp_path):
@@ -282,7 +309,8 @@ def test_unwritable_json_report_is_one_line(monkeypatch, tmp_path):
 def _source_info():
     from porting.verify.goldens import SourceInfo
 
-    return SourceInfo("ckpt", {"ckpt.index": "0" * 64}, 1001, True, False, "float32")
+    return SourceInfo("ckpt", {"ckpt.index": "0" * 64}, 1001, True, False, "float32",
+                      "inception_v3")
 
 
 def test_recorder_failing_to_start_leaves_nothing(monkeypatch, tmp_path):

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from porting.errors import PortError
+from porting.errors import PortError, first_line
 
 Run = Callable[[np.ndarray], dict]
 
@@ -48,9 +48,8 @@ class Engine:
         except PortError:
             raise
         except Exception as err:  # the engines raise their own kinds for a graph they refuse
-            first = (str(err).strip().splitlines() or [""])[0][:200]
             raise PortError(f"{path}: {self.title} cannot load it ({type(err).__name__}: "
-                            f"{first})") from err
+                            f"{first_line(err)[:200]})") from err
 
 
 def _onnxruntime(path: Path, threads: int | None, spin: bool) -> Run:

@@ -1,5 +1,5 @@
 """``port-weights verify --weights NAME.onnx``: an exported graph in ONNX Runtime and OpenVINO
-against the TF oracle (or goldens), with the bounds and report of ``porting.verify.run``.
+against the TF oracle (or goldens), driven by ``porting.verify.run`` with its bounds and report.
 
 The graph's ONNX metadata (``porting.onnx.graph``) says its architecture, classes and input
 size. Before running anything, every ``AveragePool`` is checked statically: one that counts
@@ -9,31 +9,32 @@ output that is a TF-Slim end point (``Logits``; all end points for ``export --en
 compared with the reference: max |diff| <= 1e-4 x max(1, max |TF|) for class scores, 1e-3 for
 feature maps, and the same top-1 and top-5. The export has no AuxLogits head, so that end point
 is reported as skipped.
+
+Needs onnx, an engine, numpy and h5py (for goldens): neither torch nor TensorFlow.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from models.spec import get_architecture
-from porting.onnx.engines import ENGINES
+from models.spec import Architecture, ClassLayout, get_architecture
 from porting.errors import PortError
-from porting.onnx.graph import PoolFinding, check_average_pools, read_exported
+from porting.onnx.engines import ENGINES, Engine
+from porting.onnx.graph import ExportedGraph, PoolFinding, check_average_pools, read_exported
 from porting.verify.parity import Parity
-from porting.verify.run import (Progress, Report, VerifyRequest, compare_outputs, first_class_of,
-                            open_reference)
-from porting.write.manifest import record_manifest_parity
+from porting.verify.reference import OpenedReference
+from porting.verify.report import Report, Verification
+from porting.verify.request import VerifyRequest
+from porting.verify.run import Progress, Run, Runner
 
 BATCH = 10  # the larger batch every engine runs, besides batch 1
 
 
 @dataclass
-class OnnxReport:
-    """The parity of each run (engine x batch size) and the static pool check."""
+class OnnxReport(Verification):
+    """The static pool check and the parity of each run (engine x batch size)."""
     weights: str
     architecture: str
     reference: str
@@ -44,10 +45,6 @@ class OnnxReport:
     skipped_engines: dict[str, str] = field(default_factory=dict)
     engines: list[str] = field(default_factory=list)   # labels of the engines run
     batches: tuple[int, ...] = ()
-    manifest: Path | None = None
-    manifest_skipped: str | None = None
-    goldens_written = None
-    compared = True
 
     @property
     def passed(self) -> bool:
@@ -55,10 +52,17 @@ class OnnxReport:
             run.passed for run in self.runs.values())
 
     @property
+    def compared(self) -> bool:
+        return bool(self.runs)
+
+    @property
     def manifest_parity(self) -> Parity:
         """The Logits parity recorded in the manifest: the run furthest from the reference."""
         return max((run.end_points["Logits"] for run in self.runs.values()),
                    key=lambda p: (not p.passed, p.relative_error))
+
+    def manifest_reference(self) -> str:
+        return f"{self.reference} (float32, {', '.join(self.runs)})"
 
     def verdict(self) -> str:
         n = len(self.images)
@@ -100,7 +104,68 @@ class OnnxReport:
         }
 
 
-def _engines(request: VerifyRequest) -> tuple[list, dict[str, str]]:
+@dataclass
+class OnnxSubject:
+    """An exported graph opened for verification (a ``porting.verify.run.Subject``): its
+    metadata and static pool check, and the engines to run it in."""
+    request: VerifyRequest
+    graph: ExportedGraph
+    spec: Architecture
+    engines: list[Engine]
+    skipped_engines: dict[str, str]
+    pools: int
+    pool_findings: list[PoolFinding]
+
+    @classmethod
+    def open(cls, request: VerifyRequest) -> "OnnxSubject":
+        """PortError naming the file if it is no graph of this tool, or naming a requested
+        engine that is not installed."""
+        graph = read_exported(request.weights)
+        spec = get_architecture(graph.architecture)
+        engines, skipped = _engines(request)
+        pools, findings = check_average_pools(graph.model)
+        return cls(request, graph, spec, engines, skipped, pools, findings)
+
+    @property
+    def num_classes(self) -> int:
+        return self.graph.num_classes
+
+    @property
+    def end_points(self) -> tuple[str, ...]:
+        """The graph's outputs that are end points (all of them for ``export --end-points``)."""
+        return tuple(name for name in self.spec.end_points if name in self.graph.outputs)
+
+    def skipped(self, opened: OpenedReference) -> dict[str, str]:
+        size, images = self.graph.input_size, opened.images
+        if images.shape[1:3] != (size, size):
+            raise PortError(f"{self.request.weights}: exported for {size}x{size} inputs; the "
+                            f"reference images are {images.shape[1]}x{images.shape[2]} (export "
+                            "at the default size to verify)")
+        if opened.source.aux:
+            return {"AuxLogits": "not in the exported graph (the export drops the aux head)"}
+        return {}
+
+    def batches(self, images: int) -> tuple[int, ...]:
+        return tuple(sorted({1, min(BATCH, images)}))
+
+    def runs(self, images: int) -> list[Run]:
+        runs = []
+        for engine in self.engines:
+            runner = functools.cache(lambda engine=engine: _nhwc_runner(
+                engine.load(self.request.weights)))  # loaded once for its runs
+            runs += [Run(f"{engine.label()}, batch {batch}", batch, runner)
+                     for batch in self.batches(images)]
+        return runs
+
+    def report(self, runs: dict[str, Report], opened: OpenedReference, layout: ClassLayout,
+               progress: Progress | None) -> OnnxReport:
+        return OnnxReport(str(self.request.weights), self.spec.name, opened.described,
+                          opened.names, self.pools, self.pool_findings, runs,
+                          self.skipped_engines, [engine.label() for engine in self.engines],
+                          self.batches(len(opened.images)))
+
+
+def _engines(request: VerifyRequest) -> tuple[list[Engine], dict[str, str]]:
     """(engines to run, {engine: why skipped}); PortError if a requested one is missing."""
     if request.engines:
         chosen = [ENGINES[name] for name in request.engines]
@@ -117,60 +182,10 @@ def _engines(request: VerifyRequest) -> tuple[list, dict[str, str]]:
                     for engine in ENGINES.values() if not engine.installed()}
 
 
-def _cached(reference, count: int, batch_size: int):
-    """``reference`` computed once over all images (in batches), then served by slices."""
-    chunks = [reference(start, min(start + batch_size, count))
-              for start in range(0, count, batch_size)]
-    whole = {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
-    return lambda start, stop: {name: value[start:stop] for name, value in whole.items()}
-
-
-def _nhwc_runner(run):
-    """An engine's runner (NCHW in, NCHW maps out) as ``compare_outputs`` wants it (NHWC)."""
+def _nhwc_runner(run) -> Runner:
+    """An engine's runner (NCHW in, NCHW maps out) as ``porting.verify.run`` wants it (NHWC)."""
     def ours(images_nhwc: np.ndarray) -> dict:
         out = run(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
         return {name: value.transpose(0, 2, 3, 1) if value.ndim == 4 else value
                 for name, value in out.items()}
     return ours
-
-
-def run(request: VerifyRequest, progress: Progress | None = None) -> OnnxReport:
-    """Verify the exported graph ``request.weights`` as the module docstring describes."""
-    request.check()
-    graph = read_exported(request.weights)
-    spec = get_architecture(graph.architecture)
-    engines, skipped_engines = _engines(request)
-    pools, findings = check_average_pools(graph.model)
-    wanted = tuple(name for name in spec.end_points if name in graph.outputs)
-    with contextlib.ExitStack() as stack:
-        ref = open_reference(request, "float32", stack, wanted)
-        source, images = ref.source, ref.images
-        first_class = first_class_of(request.weights, spec, graph.num_classes, source)
-        if images.shape[1:3] != (graph.input_size, graph.input_size):
-            raise PortError(f"{request.weights}: exported for {graph.input_size}x"
-                            f"{graph.input_size} inputs; the reference images are "
-                            f"{images.shape[1]}x{images.shape[2]} (export at the default size "
-                            "to verify)")
-        report = OnnxReport(str(request.weights), spec.name, ref.described, ref.names, pools,
-                            findings, skipped_engines=skipped_engines)
-        reference = _cached(ref.reference, len(images), request.batch_size)
-        report.batches = tuple(sorted({1, min(BATCH, len(images))}))
-        for engine in engines:
-            ours = _nhwc_runner(engine.load(request.weights))
-            report.engines.append(engine.label())
-            for batch in report.batches:
-                label = f"{engine.label()}, batch {batch}"
-                step = None if progress is None else functools.partial(progress, label)
-                run_report = Report(str(request.weights), ref.described, ref.names, "float32",
-                                    spec.name)
-                if source.aux:
-                    run_report.skipped["AuxLogits"] = "not in the exported graph (the export " \
-                                                      "drops the aux head)"
-                run_report.end_points = compare_outputs(
-                    spec, ours, images, reference, first_class=first_class, batch_size=batch,
-                    progress=step, reference_name=str(request.goldens or request.src))
-                report.runs[label] = run_report
-    report.manifest, report.manifest_skipped = record_manifest_parity(
-        request.weights, report.manifest_parity, f"{report.reference} (float32, "
-        f"{', '.join(report.runs)})")
-    return report

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from porting.errors import PortError
+from porting.errors import PortError, first_line
 from porting.files import cannot_write, move_into_place, temporary_beside
 from porting.read.h5safety import check_self_contained, shown
 
@@ -41,7 +41,7 @@ class SourceInfo:
     aux: bool
     ema: bool
     dtype: str
-    architecture: str = "inception_v3"
+    architecture: str
 
 
 class GoldenRecorder:
@@ -132,6 +132,9 @@ def _name(key: str) -> str:
 
 
 _ATTRS = ("checkpoint", "checkpoint_sha256", "num_classes", "aux", "ema", "dtype")
+# The one compatibility rule of the format: files recorded before there were several
+# architectures have no "architecture" attribute, and are Inception v3's.
+_ARCHITECTURE_BEFORE_THE_ATTRIBUTE = "inception_v3"
 _DATASETS = ("inputs", "image_names", "end_points")
 _DTYPES = ("float32", "float64")
 _H5_FAILURES = (OSError, RuntimeError, KeyError, ValueError, TypeError)  # what h5py raises
@@ -163,7 +166,7 @@ class Goldens:
             self._file.close()
             if isinstance(err, _H5_FAILURES):  # damaged or foreign
                 raise PortError(f"{self.path}: not a readable golden file "
-                                f"({type(err).__name__}: {_first_line(err)})") from err
+                                f"({type(err).__name__}: {shown(first_line(err))})") from err
             raise
 
     def _read(self) -> None:
@@ -176,7 +179,8 @@ class Goldens:
             raise PortError(f"{self.path}: incomplete golden file: no {', '.join(missing)}")
         self.source = SourceInfo(str(attrs["checkpoint"]), json.loads(attrs["checkpoint_sha256"]),
                                  int(attrs["num_classes"]), bool(attrs["aux"]), bool(attrs["ema"]),
-                                 str(attrs["dtype"]), str(attrs.get("architecture", "inception_v3")))
+                                 str(attrs["dtype"]),
+                                 str(attrs.get("architecture", _ARCHITECTURE_BEFORE_THE_ATTRIBUTE)))
         count = self._check_layout()
         self.inputs = self._file["inputs"][...]
         self.names = [n.decode() if isinstance(n, bytes) else str(n)
@@ -246,7 +250,7 @@ class Goldens:
             except _H5_FAILURES as err:
                 raise PortError(f"{self.path}: cannot read end_points/{shown(name)} of images "
                                 f"{start}..{stop - 1} ({type(err).__name__}: "
-                                f"{_first_line(err)})") from err
+                                f"{shown(first_line(err))})") from err
         return outputs
 
     def close(self) -> None:
@@ -257,7 +261,3 @@ def _described(dataset) -> str:
     """A dataset's shape and dtype, as messages give them: ``[2, 5] int64``."""
     return f"[{', '.join(map(str, dataset.shape))}] {dataset.dtype}" if dataset.shape is not None \
         else f"empty ({dataset.dtype})"
-
-
-def _first_line(err: Exception) -> str:
-    return shown((str(err).strip().splitlines() or [""])[0])

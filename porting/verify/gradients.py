@@ -75,12 +75,13 @@ def _torch_top1(model, images_nhwc: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2)).argmax(1).numpy()
 
 
-def gradient_parity(model: torch.nn.Module, tf_model, images: np.ndarray, *, first_class: int,
+def gradient_parity(model: torch.nn.Module, tf_model, images: np.ndarray, *, dropped: int,
                     relative_tolerance: float, labels: np.ndarray | None = None,
                     batch_size: int = 2, progress=None) -> GradientParity:
     """Compare input gradients and cross-apply FGSM images between ``model`` and ``tf_model``
-    (the architecture's TF ``Reference``). ``first_class=1`` when the model dropped TF's background class;
-    ``labels`` index the model's classes and default to TF's top-1."""
+    (the architecture's TF ``Reference``). ``dropped=1`` when the model dropped TF's background
+    class (``ClassLayout.dropped``); ``labels`` index the model's classes and default to TF's
+    top-1."""
     from models.spec import architecture_of_model
 
     prep = architecture_of_model(model).eval  # the step is 2/255 of the pixels, whatever the scale
@@ -90,11 +91,11 @@ def gradient_parity(model: torch.nn.Module, tf_model, images: np.ndarray, *, fir
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         if labels is None:
-            batch_labels = tf_model(batch, ("Logits",))["Logits"][:, first_class:].argmax(1)
+            batch_labels = tf_model(batch, ("Logits",))["Logits"][:, dropped:].argmax(1)
         else:
             batch_labels = labels[start:start + batch_size]
         batch_labels = np.asarray(batch_labels, np.int64)
-        _, g_tf = tf_model.loss_gradient(batch, batch_labels, first_class)
+        _, g_tf = tf_model.loss_gradient(batch, batch_labels, dropped)
         _, g_pt = torch_loss_gradient(model, batch, batch_labels)
         worst_diff = max(worst_diff, float(np.abs(g_pt - g_tf).max()))
         max_grad = max(max_grad, float(np.abs(g_tf).max()))
@@ -102,7 +103,7 @@ def gradient_parity(model: torch.nn.Module, tf_model, images: np.ndarray, *, fir
 
         adv_pt, adv_tf = fgsm(batch, g_pt, **step), fgsm(batch, g_tf, **step)
         pt_on_pt = _torch_top1(model, adv_pt)
-        tf_logits = tf_model(np.concatenate([adv_pt, adv_tf]), ("Logits",))["Logits"][:, first_class:]
+        tf_logits = tf_model(np.concatenate([adv_pt, adv_tf]), ("Logits",))["Logits"][:, dropped:]
         tf_on_pt, tf_on_tf = np.split(tf_logits.argmax(1), 2)
         torch_agree += int((tf_on_pt == pt_on_pt).sum())
         tf_agree += int((_torch_top1(model, adv_tf) == tf_on_tf).sum())

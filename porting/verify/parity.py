@@ -7,17 +7,30 @@ checkpoint from 1e-7 relative (Conv2d_1a_3x3) to 5e-5 (Mixed_7c, BN-folded), whi
 the logits' bound only a 2x margin there; any wrong weight, statistic or pooling rule misses
 1e-3 by orders of magnitude. With both sides in float64 every end point gets 1e-10 (measured
 7e-14). Scaling by max(1, max|TF|) keeps one number meaningful for small maps and large logits.
+
+numpy only: whatever computed the outputs (PyTorch, an ONNX engine) is the runner's business.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    from models.spec import Architecture
 
 RELATIVE_TOLERANCE = 1e-4  # logits (the published bound)
 MAP_RELATIVE_TOLERANCE = 1e-3  # float32 feature maps
 FLOAT64_RELATIVE_TOLERANCE = 1e-10  # both sides in double: what is left is summation order
+
+
+def tolerance_for(spec: Architecture, end_point: str, float64: bool) -> float:
+    """The bound of ``end_point`` of ``spec``: the logits' for its classifier outputs, the
+    feature maps' for the rest; float64's for every end point with both sides in double."""
+    if float64:
+        return FLOAT64_RELATIVE_TOLERANCE
+    return RELATIVE_TOLERANCE if end_point in spec.classifier_end_points else MAP_RELATIVE_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -80,27 +93,3 @@ def compare(ours: np.ndarray, reference: np.ndarray,
         top5_agree=int((top_k(ours, 5) == top_k(reference, 5)).all(1).sum()) if classes else None,
         images=len(reference),
     )
-
-
-def torch_outputs(model: torch.nn.Module, images_nhwc: np.ndarray, batch_size: int) -> dict:
-    """{"Logits", "AuxLogits"?} as numpy, running ``model`` over NHWC images in batches."""
-    chunks: dict[str, list] = {}
-    with torch.inference_mode():
-        for start in range(0, len(images_nhwc), batch_size):
-            x = torch.from_numpy(images_nhwc[start:start + batch_size]).permute(0, 3, 1, 2)
-            if getattr(model, "AuxLogits", None) is not None:
-                out = model.forward_end_points(x)
-                out = {k: out[k] for k in ("Logits", "AuxLogits")}
-            else:
-                out = {"Logits": model(x)}
-            for name, value in out.items():
-                chunks.setdefault(name, []).append(value.numpy())
-    return {name: np.concatenate(values) for name, values in chunks.items()}
-
-
-def torch_end_points(model: torch.nn.Module, images_nhwc: np.ndarray) -> dict[str, np.ndarray]:
-    """Every end point of ``model.forward_end_points`` as numpy, 4-D ones NHWC like TF's."""
-    with torch.inference_mode():
-        out = model.forward_end_points(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2))
-    return {name: (value.permute(0, 2, 3, 1) if value.ndim == 4 else value).numpy()
-            for name, value in out.items()}
