@@ -74,7 +74,7 @@ def v4(tmp_path_factory, photos) -> Side:
 
     images = photos[1]
     folder = tmp_path_factory.mktemp("inception_v4")
-    checkpoint = build_synthetic_checkpoint(folder / "inception_v4.ckpt", images)
+    checkpoint = build_synthetic_checkpoint(folder / "inception_v4.ckpt", images, v1_format=True)
     reference = Reference.for_checkpoint(checkpoint)
     try:
         tf = {len(images): reference(images, SPEC.end_points)}

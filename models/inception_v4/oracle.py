@@ -211,11 +211,11 @@ Reference = TFSlimInceptionV4
 
 def build_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarray, *,
                                num_classes: int = 1001, aux: bool = True, seed: int = 0,
-                               v1_format: bool = True) -> Path:
+                               v1_format: bool = False) -> Path:
     """Write a calibrated random TF-Slim Inception v4 checkpoint at ``prefix``; return it.
 
-    ``v1_format`` (default, as the 2016-09-09 release) writes the single-file V1 table. Batch
-    norm betas are drawn around ``BETA_MEAN`` (see there).
+    ``v1_format`` writes the single-file V1 table (as the 2016-09-09 release). Batch norm
+    betas are drawn around ``BETA_MEAN`` (see there).
     """
     return write_synthetic_checkpoint(
         prefix, calibration_images, TFSlimInceptionV4.build,
