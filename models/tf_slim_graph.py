@@ -70,10 +70,10 @@ def checkpoint_layout(checkpoint_prefix: str | Path, spec: Architecture) -> tupl
 
 
 def conv_input(tensor):
-    """The input of the convolution that computes ``tensor`` (through its bias add and any
-    reshape): what a classifier conv sees."""
+    """The input of the convolution or matrix product that computes ``tensor`` (through its
+    bias add and any reshape): what a classifier, a 1x1 conv or a fully connected layer, sees."""
     op = tensor.op
-    while op.type != "Conv2D":
+    while op.type not in ("Conv2D", "MatMul"):
         op = op.inputs[0].op
     return op.inputs[0]
 
@@ -167,18 +167,21 @@ class TFSlimGraph:
 def write_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarray,
                                build: Callable, heads: dict[str, str], *, num_classes: int,
                                aux: bool, seed: int = 0, v1_format: bool = False,
-                               scales: dict[str, float] | None = None) -> Path:
+                               scales: dict[str, float] | None = None,
+                               beta_mean: float = 0.0) -> Path:
     """Write a calibrated random checkpoint of TF-Slim's net at ``prefix``; return it.
 
     ``build`` is a ``TFSlimGraph.build``; ``heads`` maps each classifier end point (``Logits``,
-    ``AuxLogits``) to its conv's scope. Batch norms get random betas (and gammas, where they have
-    one), then their moving statistics are set to the batch statistics of their input on
-    ``calibration_images`` in one training-mode pass with decay 0, and each classifier is
-    whitened on what it saw in that pass (``models.calibration``), so that different photos get
-    different classes. One graph, one pass: building TF-Slim's graph is the slow part (~0.1 s
+    ``AuxLogits``) to its classifier's scope (a 1x1 conv or a fully connected layer). Batch
+    norms get random betas (and gammas, where they have one), then their moving statistics are
+    set to the batch statistics of their input on ``calibration_images`` in one training-mode
+    pass with decay 0, and each classifier is whitened on what it saw in that pass
+    (``models.calibration``), so that different photos get different classes. One graph, one pass: building TF-Slim's graph is the slow part (~0.1 s
     per batch norm). ``scales`` multiplies the variables whose names end with a key by its value
-    before calibration (a deep net's residual branches, as training leaves them: small).
-    ``v1_format`` writes the older single-file V1 table (as the 2016 releases).
+    before calibration (a deep net's residual branches, as training leaves them: small);
+    ``beta_mean`` centres the random betas (a deep net without residuals: see
+    ``models/inception_v4/oracle.py``). ``v1_format`` writes the older single-file V1 table
+    (as the 2016 releases).
     """
     tf = import_tensorflow()
     rng = np.random.default_rng(seed)
@@ -198,7 +201,7 @@ def write_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarra
             initial = {}
             for var in variables:  # random batch-norm parameters, set at initialisation
                 if var.op.name.endswith("beta"):
-                    initial[var.initial_value] = rng.normal(0.0, BETA_STD, var.shape)
+                    initial[var.initial_value] = rng.normal(beta_mean, BETA_STD, var.shape)
                 elif var.op.name.endswith("gamma"):
                     initial[var.initial_value] = rng.normal(1.0, BETA_STD, var.shape)
             sess.run(tf.compat.v1.global_variables_initializer(),
@@ -212,7 +215,8 @@ def write_synthetic_checkpoint(prefix: str | Path, calibration_images: np.ndarra
                                  {images: calibration_images})
             for scope, features in zip(heads.values(), inputs):
                 weights, biases = whitened_classifier(features, num_classes, rng)
-                by_name[f"{scope}/weights"].load(weights[None, None], sess)
+                kernel = by_name[f"{scope}/weights"]  # [1, 1, in, C] conv or [in, C] matrix
+                kernel.load(weights.reshape(kernel.shape.as_list()), sess)
                 by_name[f"{scope}/biases"].load(biases, sess)
             global_step.load(GLOBAL_STEP, sess)
 

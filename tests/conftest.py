@@ -41,10 +41,10 @@ def _group(item) -> str:
 
 
 # Groups that take 45-400 s each (measured), started first so that the two workers end
-# together: Inception-ResNet-v2's, each ResNet's (deepest first), building and installing the
-# wheel. The rest follow in collection order (pyproject's addopts: --no-loadscope-reorder).
+# together: Inception-ResNet-v2's, each ResNet's and Inception v4's (slowest first), building
+# and installing the wheel. The rest follow in collection order (pyproject's addopts: --no-loadscope-reorder).
 FIRST = ("inception_resnet_v2", "resnet_v1_152", "resnet_v2_152", "resnet_v2_50", "resnet_v1_50",
-         "resnet_v1_101", "resnet_v2_101", "test_wheel")
+         "test_inception_v4", "resnet_v1_101", "resnet_v2_101", "test_wheel")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

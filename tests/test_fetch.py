@@ -128,6 +128,7 @@ def test_registry_lists_the_family_with_its_official_urls():
         "ens_adv_inception_resnet_v2": base + "ens_adv_inception_resnet_v2_2017_08_18.tar.gz",
         "adv_inception_resnet_v2": base + "adv_inception_resnet_v2_2017_12_18.tar.gz",
         "inception_resnet_v2": base + "inception_resnet_v2_2016_08_30.tar.gz",
+        "inception_v4": base + "inception_v4_2016_09_09.tar.gz",
         **{f"resnet_v{v}_{depth}": base + f"resnet_v{v}_{depth}_{date}.tar.gz"
            for v, date in ((1, "2016_08_28"), (2, "2017_04_14")) for depth in (50, 101, 152)},
     }
