@@ -12,6 +12,11 @@
   then renamed in the order staged (weights last), and a failure removes what was renamed;
 - one error line naming the file when the disk says no.
 
+Every file the tool reads goes through one rule too (``open_input``): it must be a regular file
+(after resolving links), checked on the opened descriptor before a byte is read, so that a FIFO,
+a device (``/dev/zero``) or a folder given where a file is expected is refused in one line
+instead of blocking or being read forever; ``read_input`` also bounds what it reads.
+
 Also the sha256 of a file, which manifests, goldens and downloads record.
 """
 from __future__ import annotations
@@ -35,9 +40,59 @@ def cannot_write(path, err: OSError) -> PortError:
     return PortError(f"{path}: cannot write: {err.strerror or err}")
 
 
+# --- inputs --------------------------------------------------------------------------------
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_input(path, what: str = "file"):
+    """``path`` opened for binary reading, if it is a regular file (after resolving links);
+    PortError naming it otherwise. The check is made on the descriptor (opened without
+    blocking, so a FIFO cannot stall it), so nothing can swap the file in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as err:
+        raise PortError(f"{path}: no such {what}") from err
+    except OSError as err:
+        raise PortError(f"{path}: cannot read {what}: {err.strerror or err}") from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise PortError(f"{path}: refused as {what}: {_kind(mode)}, not a regular file")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_input(path, what: str = "file") -> Path:
+    """``path`` if ``open_input`` would take it, for libraries that open files by name."""
+    open_input(path, what).close()
+    return Path(path)
+
+
+def read_input(path, limit: int, what: str = "file") -> bytes:
+    """The whole of the regular file ``path``, which may hold at most ``limit`` bytes."""
+    with open_input(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise PortError(f"{path}: {what} of {size:,} bytes; at most {limit:,} are read")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew while read
+        raise PortError(f"{path}: {what} larger than {limit:,} bytes")
+    return data
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
