@@ -313,8 +313,11 @@ def fetch(name, dest, sha256, url, pin):
                    "unnoticed: this file may be incomplete")
     if pin:
         lock = registry.pin(release, fetched.sha256, source_url)
-        click.echo(f"pinned   {fetched.sha256} for {name} in {lock}; later fetches and ports "
-                   "check it")
+        origin = (f"the archive was already in {folder} (not downloaded now: its bytes are "
+                  "whatever that file holds)" if fetched.unchanged else
+                  f"the archive as downloaded from {source_url}")
+        click.echo(f"pinned   {fetched.sha256} for {name} in {lock}: {origin}; later fetches "
+                   "and ports check it")
 
 
 @main.command()

@@ -1,7 +1,9 @@
 """Every file the tool writes goes through here, under one set of rules:
 
 - staged beside its destination under a temporary name ``.NAME.<pid>.XXXX.tmp`` and renamed
-  into place whole; a later run removes temporaries whose process is gone (SIGKILL, power cut);
+  into place whole; a later run removes temporaries whose process is gone (SIGKILL, power cut),
+  told by a lock the writer holds on its temporary while it lives (``flock``), not by its PID,
+  which another PID namespace sharing the folder (containers sharing /tmp) cannot see;
 - a target that resolves to an input of the command (the weights being verified, the goldens
   being read, a checkpoint file) is refused, and so is an existing target that is not a regular
   file: a symbolic link, a folder, a socket. A character device or a pipe (``/dev/stdout``,
@@ -10,11 +12,17 @@
   then renamed in the order staged (weights last), and a failure removes what was renamed;
 - one error line naming the file when the disk says no.
 
+Every file the tool reads goes through one rule too (``open_input``): it must be a regular file
+(after resolving links), checked on the opened descriptor before a byte is read, so that a FIFO,
+a device (``/dev/zero``) or a folder given where a file is expected is refused in one line
+instead of blocking or being read forever; ``read_input`` also bounds what it reads.
+
 Also the sha256 of a file, which manifests, goldens and downloads record.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -32,50 +40,171 @@ def cannot_write(path, err: OSError) -> PortError:
     return PortError(f"{path}: cannot write: {err.strerror or err}")
 
 
+# --- inputs --------------------------------------------------------------------------------
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a pipe"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_input(path, what: str = "file"):
+    """``path`` opened for binary reading, if it is a regular file (after resolving links);
+    PortError naming it otherwise. The check is made on the descriptor (opened without
+    blocking, so a FIFO cannot stall it), so nothing can swap the file in between."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as err:
+        raise PortError(f"{path}: no such {what}") from err
+    except OSError as err:
+        raise PortError(f"{path}: cannot read {what}: {err.strerror or err}") from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise PortError(f"{path}: refused as {what}: {_kind(mode)}, not a regular file")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_input(path, what: str = "file") -> Path:
+    """``path`` if ``open_input`` would take it, for libraries that open files by name."""
+    open_input(path, what).close()
+    return Path(path)
+
+
+def read_input(path, limit: int, what: str = "file") -> bytes:
+    """The whole of the regular file ``path``, which may hold at most ``limit`` bytes."""
+    with open_input(path, what) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise PortError(f"{path}: {what} of {size:,} bytes; at most {limit:,} are read")
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew while read
+        raise PortError(f"{path}: {what} larger than {limit:,} bytes")
+    return data
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_input(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-# --- temporaries ---------------------------------------------------------------------------
+# --- liveness: a lock held while its owner lives ------------------------------------------
+# A process marks what it owns (a staged temporary, an unpacked archive's folder) with an
+# exclusive ``flock`` held until it lets go or dies; the kernel drops the lock with the process,
+# whatever kills it. Whether an owner lives is then asked of the lock, never of a PID.
 
-def _alive(pid: int) -> bool:
+_HELD: dict[str, int] = {}  # path -> descriptor holding its lock, in this process
+
+
+def hold(path: Path, fd: int | None = None) -> None:
+    """Hold the lock of ``path`` (a file just created by this process, open as ``fd`` if given)
+    until ``release``. Raises FileNotFoundError if the path no longer names that file (a sweep
+    removed it before the lock was taken): the caller makes a new one."""
+    own = os.open(path, os.O_RDONLY | os.O_NOFOLLOW) if fd is None else os.dup(fd)
+    try:
+        fcntl.flock(own, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(path, follow_symlinks=False).st_ino != os.fstat(own).st_ino:
+            raise FileNotFoundError(path)
+    except BaseException:
+        os.close(own)
+        raise
+    _HELD[str(path)] = own
+
+
+def release(path: Path) -> None:
+    """Let go of the lock ``hold`` took on ``path`` (nothing if it holds none)."""
+    fd = _HELD.pop(str(path), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def unowned(path: Path) -> bool:
+    """Whether ``path`` is a regular file whose lock nobody holds: its owner is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held (EWOULDBLOCK): its owner lives
+        return False
+    finally:
+        os.close(fd)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists in this PID namespace (True when we cannot tell). Only
+    ever a reason to keep something: another namespace's live process may be invisible here."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's live process
-        return True
+    except (PermissionError, OverflowError, ValueError, OSError):
+        return True  # someone else's process, or not a pid we can ask about: leave it be
     return True
 
 
+def stale(owned: Path, pid: int) -> bool:
+    """Whether what a process ``pid`` marked with the lock file ``owned`` was left behind: the
+    lock is free (the owner is gone, in whatever namespace it ran) and no process ``pid`` lives
+    here (what an older version, which took no lock, left while still running is kept)."""
+    return pid != os.getpid() and unowned(owned) and not pid_alive(pid)
+
+
+# --- temporaries ---------------------------------------------------------------------------
+
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.NAME.<pid>.*.tmp`` beside ``path`` left by processes that no longer exist."""
+    """Remove ``.NAME.<pid>.*.tmp`` beside ``path`` whose writer is gone (``stale``)."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^./]+\.tmp")
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
             match = pattern.fullmatch(entry.name)
-            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            if match and stale(Path(entry.path), int(match.group(1))):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
 
 
 def temporary_beside(path: Path) -> tuple[int, Path]:
     """(open descriptor, name) of a new private file beside ``path``: the same file system, so
-    that ``move_into_place`` is an atomic rename. Stale temporaries of ``path`` are removed."""
+    that ``move_into_place`` is an atomic rename. Stale temporaries of ``path`` are removed;
+    this one is held (``hold``) until ``move_into_place`` or ``discard_temporary``."""
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
-                               dir=path.parent)
-    return fd, Path(tmp)
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                   dir=path.parent)
+        try:
+            hold(Path(tmp), fd)
+            return fd, Path(tmp)
+        except FileNotFoundError:  # swept before it was held: make another
+            os.close(fd)
 
 
 def move_into_place(tmp: Path, path: Path) -> None:
     """Give a finished temporary file ordinary permissions (mkstemp's are private), rename it."""
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+    release(tmp)
+
+
+def discard_temporary(tmp: Path) -> None:
+    """Remove a temporary that will not be moved into place, and let go of it."""
+    try:
+        tmp.unlink(missing_ok=True)
+    finally:
+        release(tmp)
 
 
 # --- targets -------------------------------------------------------------------------------
@@ -160,7 +289,7 @@ class Outputs:
         for staged in [s for s in self._staged if s.path == path]:
             self._staged.remove(staged)
             if staged.tmp is not None:
-                staged.tmp.unlink(missing_ok=True)
+                discard_temporary(staged.tmp)
 
     def commit(self, last: Path | None = None) -> None:
         """Rename every staged file into place, in the order staged but ``last`` last (the
@@ -191,7 +320,7 @@ class Outputs:
     def abandon(self) -> None:
         for staged in self._staged:
             if staged.tmp is not None:
-                staged.tmp.unlink(missing_ok=True)
+                discard_temporary(staged.tmp)
         self._staged = []
 
     def __enter__(self) -> "Outputs":

@@ -310,8 +310,9 @@ def test_a_sigkilled_port_is_cleaned_by_the_next_run(tmp_path, tmpdir_):
               "    os.kill(os.getpid(), signal.SIGKILL)\n")
     killed = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
     assert killed.wait() == -9
-    (left,) = tmpdir_.iterdir()
+    left, lock = sorted(tmpdir_.iterdir())  # the folder and the lock its owner held
     assert left.name.startswith(f"port-weights-{killed.pid}-") and left.is_dir()
+    assert lock.name == left.name + ".lock" and lock.is_file()
     with unpacked(archive):
         assert left not in list(tmpdir_.iterdir())
     assert list(tmpdir_.iterdir()) == []

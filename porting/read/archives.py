@@ -35,10 +35,13 @@ The gzip stream is read to its very end, past the tar end-of-archive marker, so 
 ``gzip`` module checks the trailer's CRC32 and length: a damaged archive is refused, not half
 read.
 
-The temporary folder is ``$TMPDIR/port-weights-<pid>-XXXXXXXX`` (``<pid>`` the owning process).
-Each ``unpacked()`` call first removes such folders whose process no longer exists (a port that
-was SIGKILLed cannot clean up after itself); folders of live processes, of other users, and
-names that do not match exactly are never touched.
+The temporary folder is ``$TMPDIR/port-weights-<pid>-XXXXXXXX`` (``<pid>`` the owning process),
+beside its lock file ``port-weights-<pid>-XXXXXXXX.lock``, which the owner holds (``flock``) while
+it lives. Each ``unpacked()`` call first removes such folders whose owner is gone: the lock is
+free and no process ``<pid>`` exists here (``porting.files.stale``; a port that was SIGKILLed
+cannot clean up after itself). A live owner in another PID namespace sharing the folder holds
+its lock, so its folder is kept although its PID means nothing here. Folders of other users,
+and names that do not match exactly, are never touched.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
 from porting.errors import PortError, first_line
+from porting.files import hold, pid_alive, release, stale
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -241,19 +245,10 @@ def _checkpoint_folder(root: Path) -> Path:
     return root
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError, OSError):
-        return True  # someone else's process, or not a pid we can ask about: leave it be
-    return True
-
-
 def remove_stale_folders(root: str | Path | None = None) -> list[Path]:
     """Remove ``port-weights-<pid>-XXXXXXXX`` folders (ours, by uid) under ``root`` (default
-    ``$TMPDIR``) whose process no longer exists; return what was removed."""
+    ``$TMPDIR``) whose owner is gone (see the module docstring), with their lock files;
+    return the folders removed."""
     root = Path(root or tempfile.gettempdir())
     removed = []
     try:
@@ -270,12 +265,49 @@ def remove_stale_folders(root: str | Path | None = None) -> list[Path]:
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
             continue
-        pid = int(match.group(1))
-        if pid == os.getpid() or _process_exists(pid):
-            continue
+        pid, lock = int(match.group(1)), _lock_of(path)
+        if os.path.lexists(lock):
+            if not stale(lock, pid):
+                continue  # its owner holds the lock: alive, in whatever PID namespace
+        elif pid == os.getpid() or pid_alive(pid):
+            continue  # no lock (an older version's folder): its process, by PID, lives
         shutil.rmtree(path, ignore_errors=True)  # another run may be removing it as well
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
         removed.append(path)
     return removed
+
+
+def _lock_of(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".lock")
+
+
+@contextlib.contextmanager
+def _owned_folder() -> Iterator[Path]:
+    """A new private folder ``$TMPDIR/port-weights-<pid>-XXXXXXXX``, its lock held while it
+    exists; removed (with its lock file) when the block ends."""
+    while True:
+        fd, lock = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".lock")
+        lock = Path(lock)
+        try:
+            hold(lock, fd)
+        except FileNotFoundError:  # swept before it was held: make another
+            continue
+        finally:
+            os.close(fd)
+        folder = lock.with_suffix("")
+        try:
+            os.mkdir(folder, 0o700)
+            break
+        except FileExistsError:  # the name's lock was free, a folder of that name was not
+            release(lock)
+            lock.unlink(missing_ok=True)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        release(lock)
+        lock.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -292,7 +324,7 @@ def unpacked(archive: str | Path, max_bytes: int = DEFAULT_MAX_BYTES,
     if not archive.is_file():
         raise PortError(f"{archive}: no such archive")
     remove_stale_folders()
-    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
+    with _owned_folder() as tmp:
         try:
             _unpack(archive, Path(tmp), max_bytes, max_members, max_ratio)
         except (_Unreadable, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as err:

@@ -15,13 +15,33 @@ With neither, the download starts from zero, and a failed one keeps nothing. A b
 against the length the server declared (Content-Length, Content-Range, chunked framing); with
 no length and no digest, a connection closed early is indistinguishable from the end of the
 file, which ``Fetched.length_checked`` reports.
+
+Hostile servers and folders are expected:
+
+- the ``.part`` is this process's own file: created fresh (exclusive create, links not
+  followed); one found there is extended only if it is a regular file with one link (a planted
+  symbolic or hard link to another file is refused, that file untouched). While a download
+  runs, its process holds the ``.part``'s lock (``flock``): a second fetch of the same archive
+  into the same folder waits for it, then finds the archive there;
+- a body may hold at most ``max_bytes`` (``DEFAULT_MAX_BYTES``; a declared length over it is
+  refused before reading), and the whole download, retries included, must end within
+  ``deadline`` seconds (``DEFAULT_DEADLINE``): a server that trickles a byte at a time, or
+  never stops, is cut off. Each read also has its own ``timeout``;
+- however the download ends (a failure, a full disk, SIGTERM or Ctrl-C), a ``.part`` that a
+  later run can resume (its validator or a digest vouches for it) is kept, and any other is
+  removed with its validator: nothing is left that nothing resumes;
+- a stored validator that could not be sent back as a header (control characters) vouches for
+  nothing: the ``.part`` starts again from zero.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import http.client
 import os
 import re
+import stat
 import sys
 import time
 import urllib.error
@@ -32,9 +52,12 @@ from pathlib import Path
 from typing import TextIO
 
 from porting.errors import PortError
-from porting.files import cannot_write, sha256_file, write_text
+from porting.files import cannot_write, read_input, sha256_file, write_text
 
 CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = 2 << 30    # the releases' archives are 90-240 MB
+DEFAULT_DEADLINE = 3600.0      # seconds for a whole download, retries included
+_VALIDATOR_BYTES = 4096
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
 _CONTROL_OR_SPACE_RE = re.compile("[\x00-\x20\x7f]")
 
@@ -176,16 +199,17 @@ def _resumable(part: Path, expected: str | None) -> bool:
     return bool(expected) or _validator_file(part).exists()
 
 
-def _transfer(url: str, part: Path, timeout: float, progress: _Progress,
-              expected: str | None) -> bool:
-    """Extend ``part`` towards the full file with one request; raise _Retryable if cut short.
-    Returns whether the body's end was checked against a length the server declared."""
+def _transfer(url: str, part: Path, out, timeout: float, deadline: float, max_bytes: int,
+              progress: _Progress, expected: str | None) -> bool:
+    """Extend ``part`` (open as ``out``) towards the full file with one request; raise
+    _Retryable if cut short. Returns whether the body's end was checked against a length the
+    server declared."""
     marker = _validator_file(part)
-    validator = (marker.read_text().strip() or None) if marker.exists() else None
-    offset = part.stat().st_size if part.exists() and _resumable(part, expected) else 0
-    response = _open(url, offset, validator, timeout)
+    validator = _stored_validator(part)
+    offset = os.fstat(out.fileno()).st_size if _resumable(part, expected) else 0
+    response = _open(url, offset, validator, min(timeout, _left(deadline)))
     if response is None:
-        _discard(part)
+        _restart(out, part)
         raise _Retryable("server refused to resume; starting again")
     with response:
         total = None
@@ -197,33 +221,41 @@ def _transfer(url: str, part: Path, timeout: float, progress: _Progress,
                 raise PortError(f"{url}: server answered a range request with "
                                 f"{response.headers.get('Content-Range')!r}")
             if validator and _changed(validator, response.headers):  # If-Range ignored
-                _discard(part)
+                _restart(out, part)
                 raise _Retryable(f"the file changed on the server ({current}, was {validator}); "
                                  "starting again")
             total = None if match.group(2) == "*" else int(match.group(2))
         else:  # 200: the whole file, whatever we asked for (with If-Range: it changed)
             offset = 0
             total = declared
+        if total is not None and total > max_bytes:
+            raise _TooLarge(f"{url}: the server declares {total:,} bytes; at most "
+                            f"{max_bytes:,} are downloaded")
         if offset == 0:  # the old validator goes first: it vouched for bytes now dropped
             marker.unlink(missing_ok=True)
-        with open(part, "r+b" if offset else "wb") as out:
-            out.seek(offset)
-            out.truncate()
-            if offset == 0 and current:  # what vouches for this .part from now on
-                write_text(marker, current + "\n")
-            done = offset
-            while True:
-                try:
-                    chunk = response.read(CHUNK)
-                except (OSError, http.client.HTTPException) as err:
-                    raise _Retryable(f"transfer cut at {done} bytes: {err!r}") from err
-                if not chunk:
-                    break
-                out.write(chunk)  # a local write error is not retried (see download)
-                done += len(chunk)
-                progress.update(done, total)
-            out.flush()
-            os.fsync(out.fileno())
+        out.seek(offset)
+        out.truncate()
+        if offset == 0 and current and _header_safe(current):  # vouches for the .part now
+            write_text(marker, current + "\n")
+        done = offset
+        while True:
+            if time.monotonic() > deadline:
+                raise _TooSlow(f"{url}: not complete after the download's deadline "
+                               f"({done:,} bytes)")
+            try:
+                chunk = response.read1(min(CHUNK, max_bytes + 1 - done))  # what has come
+            except (OSError, http.client.HTTPException) as err:
+                raise _Retryable(f"transfer cut at {done} bytes: {err!r}") from err
+            if not chunk:
+                break
+            out.write(chunk)  # a local write error is not retried (see download)
+            done += len(chunk)
+            if done > max_bytes:
+                raise _TooLarge(f"{url}: the body runs past {max_bytes:,} bytes; at most "
+                                f"{max_bytes:,} are downloaded")
+            progress.update(done, total)
+        out.flush()
+        os.fsync(out.fileno())
         if total is not None and done != total:
             raise _Retryable(f"transfer cut at {done} of {total} bytes")
         progress.update(done, total, final=True)
@@ -232,64 +264,187 @@ def _transfer(url: str, part: Path, timeout: float, progress: _Progress,
 
 def download(url: str, dest: Path, expected_sha256: str | None = None, *, retries: int = 4,
              backoff: float = 1.0, timeout: float = 60.0, stream: TextIO | None = None,
-             pinned_in: str | None = None) -> Fetched:
+             pinned_in: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+             deadline: float = DEFAULT_DEADLINE) -> Fetched:
     """Fetch ``url`` to ``dest``; resume a ``dest.part`` left by an earlier attempt when its
     validator or ``expected_sha256`` can vouch for it. ``pinned_in`` names where the expected
-    digest comes from, for the error messages."""
+    digest comes from, for the error messages. See the module docstring for the limits."""
     stream = stream or sys.stderr
     expected = _checked_sha256(expected_sha256) if expected_sha256 else None
-    source = f" (pinned in {pinned_in})" if pinned_in else ""
-    if dest.exists():
-        digest = sha256_file(dest)
-        if expected and digest != expected:
-            raise PortError(f"{dest}: already there, but its sha256 is {digest}, expected "
-                            f"{expected}{source}; delete it to download again")
-        return Fetched(dest, digest, verified=bool(expected), unchanged=True)
-
     _request(url)  # a malformed URL is refused before anything is created
     part = dest.with_name(dest.name + ".part")
+    ends = time.monotonic() + deadline
+    while True:
+        if os.path.lexists(dest):
+            return _already_there(dest, expected, pinned_in)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise cannot_write(dest, err) from err
+        with _claimed(part, stream) as out:
+            if out is None:  # another fetch finished (or dropped) it while we waited
+                continue
+            return _fetch_into(url, dest, part, out, expected, pinned_in, retries, backoff,
+                               timeout, ends, max_bytes, stream)
+
+
+def _already_there(dest: Path, expected: str | None, pinned_in: str | None) -> Fetched:
+    digest = sha256_file(dest)  # a regular file, or a one-line refusal
+    if expected and digest != expected:
+        source = f" (pinned in {pinned_in})" if pinned_in else ""
+        raise PortError(f"{dest}: already there, but its sha256 is {digest}, expected "
+                        f"{expected}{source}; delete it to download again")
+    return Fetched(dest, digest, verified=bool(expected), unchanged=True)
+
+
+@contextlib.contextmanager
+def _claimed(part: Path, stream: TextIO):
+    """The ``.part`` opened for reading and writing, its lock held: created fresh (exclusive,
+    no link followed), or one left by an earlier run if it is a regular file with one link.
+    Yields None when the ``.part`` another fetch held is gone once it could be taken."""
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as err:  # ELOOP: a symbolic link; ENXIO: a FIFO without a writer
+            raise PortError(f"{part}: refused: not a regular file this tool made "
+                            f"({err.strerror or err}); remove it to download again") from err
+    except OSError as err:
+        raise cannot_write(part, err) from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            what = "a hard link" if stat.S_ISREG(info.st_mode) else "not a regular file"
+            raise PortError(f"{part}: refused: {what}, not a partial download this tool made; "
+                            "remove it to download again")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            stream.write(f"{part.name[:-len('.part')]}: another fetch is downloading it; "
+                         "waiting\n")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            still_ours = os.stat(part, follow_symlinks=False).st_ino == info.st_ino
+        except FileNotFoundError:
+            still_ours = False
+        if not still_ours:
+            yield None
+            return
+        with os.fdopen(os.dup(fd), "r+b") as out:
+            yield out
+    finally:
+        os.close(fd)
+
+
+def _fetch_into(url: str, dest: Path, part: Path, out, expected: str | None,
+                pinned_in: str | None, retries: int, backoff: float, timeout: float,
+                deadline: float, max_bytes: int, stream: TextIO) -> Fetched:
     progress = _Progress(dest.name, stream)
     try:
-        length_checked = _download_part(url, part, expected, retries, backoff, timeout,
-                                        progress, stream)
+        length_checked = _download_part(url, part, out, expected, retries, backoff, timeout,
+                                        deadline, max_bytes, progress, stream)
     finally:
         progress.end_line()  # whatever is printed next (an error) starts a line of its own
-
-    digest = sha256_file(part)
+    out.seek(0)
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: out.read(CHUNK), b""):
+        digest.update(chunk)
+    digest = digest.hexdigest()
     if expected and digest != expected:
         _discard(part)
+        source = f" (pinned in {pinned_in})" if pinned_in else ""
         raise PortError(f"{dest}: sha256 mismatch: got {digest}, expected {expected}{source} "
                         f"(from {url}); nothing was kept")
+    if os.path.lexists(dest):  # planted while we downloaded: never replaced
+        _discard(part)
+        raise PortError(f"{dest}: appeared during the download; nothing was kept")
     os.replace(part, dest)
     _validator_file(part).unlink(missing_ok=True)
     return Fetched(dest, digest, verified=bool(expected), unchanged=False,
                    length_checked=length_checked)
 
 
-def _download_part(url: str, part: Path, expected: str | None, retries: int, backoff: float,
-                   timeout: float, progress: _Progress, stream: TextIO) -> bool:
-    """Bring ``part`` to the whole file, with retries; returns ``_transfer``'s length_checked."""
-    for attempt in range(retries + 1):
-        try:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            return _transfer(url, part, timeout, progress, expected)
-        except OSError as err:  # the network's errors are _Retryable by now: this one is local
-            raise cannot_write(part, err) from err
-        except _Retryable as err:
-            if attempt == retries:
-                if part.exists() and _resumable(part, expected):
-                    kept = f"partial data kept in {part}; rerun to resume"
-                else:  # nothing could vouch for it on a rerun: it would start from zero
-                    with contextlib.suppress(OSError):
-                        _discard(part)
-                    kept = "nothing was kept: the server gave no validator to resume against"
-                raise PortError(f"{url}: download failed after {retries + 1} attempts: {err} "
-                                f"({kept})") from err
-            delay = backoff * 2 ** attempt
-            progress.end_line()
-            stream.write(f"{part.name[:-len('.part')]}: {err}; retrying in {delay:g} s\n")
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+class _TooLarge(PortError):
+    """The body is larger than the download may be."""
+
+
+class _TooSlow(PortError):
+    """The download's deadline passed."""
+
+
+def _left(deadline: float) -> float:
+    return max(0.1, deadline - time.monotonic())
+
+
+def _download_part(url: str, part: Path, out, expected: str | None, retries: int,
+                   backoff: float, timeout: float, deadline: float, max_bytes: int,
+                   progress: _Progress, stream: TextIO) -> bool:
+    """Bring ``part`` to the whole file, with retries; returns ``_transfer``'s length_checked.
+    However this ends other than in success, a ``.part`` nothing could resume is removed."""
+    try:
+        for attempt in range(retries + 1):
+            try:
+                return _transfer(url, part, out, timeout, deadline, max_bytes, progress,
+                                 expected)
+            except OSError as err:  # the network's errors are _Retryable by now: a local one
+                raise cannot_write(part, err) from err
+            except _Retryable as err:
+                if attempt == retries or time.monotonic() > deadline:
+                    raise PortError(f"{url}: download failed after {attempt + 1} attempt"
+                                    f"{'s' * bool(attempt)}: {err} ({_kept(part, expected)})"
+                                    ) from err
+                delay = min(backoff * 2 ** attempt, _left(deadline))
+                progress.end_line()
+                stream.write(f"{part.name[:-len('.part')]}: {err}; retrying in {delay:g} s\n")
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+    except (_TooLarge, _TooSlow) as err:
+        raise PortError(f"{err} ({_kept(part, expected, resumable=isinstance(err, _TooSlow))})"
+                        ) from err
+    except BaseException:  # a local failure, SIGTERM, Ctrl-C: keep only what can resume
+        _kept(part, expected)
+        raise
+
+
+def _kept(part: Path, expected: str | None, resumable: bool = True) -> str:
+    """Keep ``part`` if a later run can resume it, else remove it; say which, in words."""
+    if resumable and part.exists() and os.path.getsize(part) and _resumable(part, expected):
+        return f"partial data kept in {part}; rerun to resume"
+    with contextlib.suppress(OSError):
+        _discard(part)
+    return "nothing was kept" + ("" if not resumable else
+                                 ": the server gave no validator to resume against")
+
+
+def _header_safe(value: str) -> bool:
+    """Whether ``value`` can be sent back as an If-Range header."""
+    return value.isascii() and value.isprintable()
+
+
+def _stored_validator(part: Path) -> str | None:
+    """The validator kept beside ``part``, or None (none, unreadable, or not sendable as a
+    header: then the ``.part`` it should vouch for starts again from zero)."""
+    marker = _validator_file(part)
+    if not os.path.lexists(marker):
+        return None
+    try:
+        text = read_input(marker, _VALIDATOR_BYTES, "download validator").decode("ascii")
+    except (PortError, UnicodeDecodeError):
+        text = ""
+    value = text.strip()
+    if not value or not _header_safe(value):
+        marker.unlink(missing_ok=True)
+        return None
+    return value
+
+
+def _restart(out, part: Path) -> None:
+    """Drop what ``part`` holds (and its validator): the next try starts from zero."""
+    out.seek(0)
+    out.truncate()
+    _validator_file(part).unlink(missing_ok=True)
 
 
 def _checked_sha256(value: str) -> str:

@@ -17,6 +17,7 @@ writes the sha256 it saw to ``releases.lock`` in the download folder (``download
 fetches and ports check: the registry's digest, else the lock's."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -28,12 +29,13 @@ from pathlib import Path
 import models
 from models.spec import Architecture, ClassLayout, folders, get_architecture
 from porting.errors import PortError
-from porting.files import write_json
+from porting.files import read_input, write_json
 
 RELEASES_FILE = "releases.json"  # an architecture folder's release list, beside its spec.py
 # Where the registry lives, as messages name it: every folder's release list.
 REGISTRY = Path(models.__file__).resolve().parent / "*" / RELEASES_FILE
 LOCK_NAME = "releases.lock"
+LOCK_BYTES = 1 << 20  # a pin is ~200 bytes
 # Where releases are downloaded to and looked for: checkpoints/ in the working folder (the
 # repository's own when run from its root, as `make demo` does), or $PORT_WEIGHTS_CHECKPOINTS.
 DOWNLOADS_ENV = "PORT_WEIGHTS_CHECKPOINTS"
@@ -155,7 +157,7 @@ def read_lock() -> dict[str, dict[str, str]]:
     """The local pins: {release: {"archive", "sha256", "url"}}; {} when there is no lock."""
     path = lock_path()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_input(path, LOCK_BYTES, "release lock"))
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         for name, entry in data.items():
@@ -164,8 +166,12 @@ def read_lock() -> dict[str, dict[str, str]]:
                     and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
                 raise ValueError(f"entry {name!r} is not "
                                  '{"archive": NAME, "sha256": 64 lowercase hex digits, "url": URL}')
-    except FileNotFoundError:
-        return {}
+    except PortError:
+        if not os.path.lexists(path):
+            return {}
+        raise
+    except RecursionError as err:
+        raise PortError(f"{path}: unreadable release lock: nested too deeply") from err
     except OSError as err:
         raise PortError(f"{path}: unreadable release lock: {err.strerror or err}") from err
     except ValueError as err:
@@ -174,15 +180,23 @@ def read_lock() -> dict[str, dict[str, str]]:
 
 
 def pin(release: Release, sha256: str, url: str) -> Path:
-    """Record ``sha256`` as the digest of ``release``'s archive in the lock; returns the lock."""
+    """Record ``sha256`` as the digest of ``release``'s archive in the lock; returns the lock.
+
+    A read-modify-write under an exclusive lock on the lock's folder (``flock``), the file
+    replaced atomically: concurrent pins of different releases all land."""
     path = lock_path()
-    lock = read_lock()
-    lock[release.name] = {"archive": release.archive, "sha256": sha256.lower(), "url": url}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as err:
         raise PortError(f"{path}: cannot write: {err.strerror or err}") from err
-    write_json(path, dict(sorted(lock.items())))
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        lock = read_lock()
+        lock[release.name] = {"archive": release.archive, "sha256": sha256.lower(), "url": url}
+        write_json(path, dict(sorted(lock.items())))
+    finally:
+        os.close(folder)
     return path
 
 
