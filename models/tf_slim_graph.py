@@ -145,19 +145,20 @@ class TFSlimGraph:
         return self.session.run(fetch, {self.images: images_nhwc})
 
     def loss_gradient(self, images_nhwc: np.ndarray, labels: np.ndarray,
-                      first_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(Logits[:, first_class:], d loss / d images) for the summed softmax cross-entropy of
-        ``labels`` (indices into the kept classes); ``first_class=1`` drops the background."""
-        if first_class not in self._loss_gradients:
+                      dropped: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(Logits[:, dropped:], d loss / d images) for the summed softmax cross-entropy of
+        ``labels`` (indices into the kept classes); ``dropped=1`` drops the background
+        (``ClassLayout.dropped``)."""
+        if dropped not in self._loss_gradients:
             tf = import_tensorflow()
             with self.graph.as_default():
                 labels_in = tf.compat.v1.placeholder(tf.int64, [None])
-                logits = self.end_points["Logits"][:, first_class:]
+                logits = self.end_points["Logits"][:, dropped:]
                 loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
                     labels=labels_in, logits=logits))
                 gradient = tf.compat.v1.gradients(loss, self.images)[0]
-            self._loss_gradients[first_class] = labels_in, logits, gradient
-        labels_in, logits, gradient = self._loss_gradients[first_class]
+            self._loss_gradients[dropped] = labels_in, logits, gradient
+        labels_in, logits, gradient = self._loss_gradients[dropped]
         return self.session.run((logits, gradient), {self.images: images_nhwc, labels_in: labels})
 
     def close(self):

@@ -253,7 +253,7 @@ def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, f
     click.echo(f"source   {where} ({source.format}, {result.variable_count} variables)")
     click.echo(f"model    {conversion.architecture.title} ({conversion.architecture.name})")
     click.echo(f"mapped   {len(conversion.mapped)} variables -> {len(conversion.state_dict)} "
-               f"tensors ({options.describe()})")
+               f"tensors ({conversion.options.describe()})")  # as applied
     click.echo(f"skipped  {_describe_skipped(conversion.skipped, verbose)}")
     state = "unchanged, already there" if written.unchanged else "written"
     click.echo(f"output   {written.path} ({state})")

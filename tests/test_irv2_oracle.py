@@ -210,7 +210,7 @@ def test_swapped_layers_fail_the_bound(reference, synthetic, calibrated, images)
 def test_loss_gradient(reference, reference64, images):
     model, outputs = reference
     labels = np.array([700])
-    logits, gradient = model.loss_gradient(images[:1], labels, first_class=1)
+    logits, gradient = model.loss_gradient(images[:1], labels, dropped=1)
     assert logits.shape == (1, 1000) and gradient.shape == (1, 299, 299, 3)
     assert relative(logits, outputs["Logits"][:1, 1:]) < 1e-5
     assert np.isfinite(gradient).all() and np.abs(gradient).max() > 0
@@ -226,7 +226,7 @@ def test_loss_gradient(reference, reference64, images):
     direction /= np.linalg.norm(direction)
     step = 1e-7
     batch = np.concatenate([image, image + step * direction, image - step * direction])
-    logits64, grad64 = reference64.loss_gradient(batch, np.repeat(labels, 3), first_class=1)
+    logits64, grad64 = reference64.loss_gradient(batch, np.repeat(labels, 3), dropped=1)
     loss = [np.log(np.exp(z - z.max()).sum()) + z.max() - z[labels[0]] for z in logits64]
     analytic = float((grad64[0] * direction[0]).sum())
     forward, backward = (loss[1] - loss[0]) / step, (loss[0] - loss[2]) / step

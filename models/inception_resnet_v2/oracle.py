@@ -530,16 +530,17 @@ class KerasInceptionResNetV2:
         return results
 
     def loss_gradient(self, images_nhwc: np.ndarray, labels: np.ndarray,
-                      first_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(Logits[:, first_class:], d loss / d images) for the summed softmax cross-entropy of
-        ``labels`` (indices into the kept classes); ``first_class=1`` drops the background."""
+                      dropped: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(Logits[:, dropped:], d loss / d images) for the summed softmax cross-entropy of
+        ``labels`` (indices into the kept classes); ``dropped=1`` drops the background
+        (``ClassLayout.dropped``)."""
         tf = import_tensorflow()
         features = self._tensors(("PreLogitsFlatten",))
         images = tf.constant(np.asarray(images_nhwc, self.dtype))
         with tf.GradientTape() as tape:
             tape.watch(images)
             logits = self._logits(features(images, training=False)["PreLogitsFlatten"])
-            logits = logits[:, first_class:]
+            logits = logits[:, dropped:]
             loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
                 labels=tf.constant(np.asarray(labels), tf.int64), logits=logits))
         return logits.numpy(), tape.gradient(loss, images).numpy()
