@@ -107,6 +107,14 @@ def _arch_option(what: str):
                              "root scope of its variables, or by the Keras layers]")
 
 
+def _keras_applications() -> str:
+    """The keras.applications models whose weight files are sources, from the specs."""
+    from models.spec import architectures
+
+    return " / ".join(spec.keras.application.rsplit(".", 1)[-1]
+                      for spec in architectures().values() if spec.keras)
+
+
 def _max_unpacked_option():
     from porting.read.archives import DEFAULT_MAX_BYTES
 
@@ -131,7 +139,7 @@ def _preprocess_choice():
 @main.command()
 @click.option("--src", required=True, metavar="CKPT",
               help="Checkpoint prefix, its .index or .data-* file, a folder holding one checkpoint, "
-                   "a release .tar.gz, or keras.applications InceptionV3 / InceptionResNetV2 "
+                   f"a release .tar.gz, or keras.applications {_keras_applications()} "
                    "weights (.h5 / .weights.h5).")
 @click.option("--dst", required=True, type=click.Path(dir_okay=False), metavar="FILE.pth",
               help="Requested output name; the file is written as NAME-<sha256[:8]>.pth (or "
