@@ -51,27 +51,27 @@ def _squeezed(text: str) -> str:
 @dataclass(frozen=True)
 class Vocabulary:
     """What porting/ code must not spell, derived from every architecture's spec."""
-    architectures: dict[str, str]  # squeezed spelling -> the architecture (or folder) it names
+    architectures: dict[str, str]  # squeezed spelling -> the architecture it names
     layers: frozenset[str]         # TF-Slim scope components and end-point names
     sizes: frozenset[int]          # eval input sizes
 
 
 def vocabulary() -> Vocabulary:
-    """Every architecture's name, title, TF-Slim root scope, folder, Keras application and timm
-    model; every component of every table layer's TF-Slim scope and of every end point below
-    the root; every eval input size.
+    """Every spelling a spec gives its architecture (name, title, TF-Slim root scope, Keras
+    application, timm model); every component of every table layer's TF-Slim scope and of
+    every end point below the root; every eval input size.
 
     Left out, on purpose: the names of the class-score end points every architecture shares
     (``Architecture.logits_end_points``: "Logits", "AuxLogits", in any case): they are the
     spec's interface, what verify, export and the CLI work with, not one architecture's layer.
-    The resize side of VGG-style preprocessing (256) is no input size, and is also the byte
-    range (porting/write/pth.py's pickle opcodes)."""
+    A folder's or a family's name ("resnet", "vgg") is no architecture's: TF-Slim's
+    preprocessing methods are named after families ("inception", "vgg"), and porting may name
+    those. The resize side of VGG-style preprocessing (256) is no input size, and is also the
+    byte range (porting/write/pth.py's pickle opcodes)."""
     specs = list(architectures().values())
     shared = {name.lower() for spec in specs for name in spec.logits_end_points}
     names = {}
     for spec in specs:
-        folder = spec.package.rsplit(".", 1)[-1]
-        names.setdefault(_squeezed(folder), folder)
         spellings = [spec.name, spec.title, spec.tf_root, spec.timm_keys or spec.name]
         if spec.keras:
             spellings.append(spec.keras.application.rsplit(".", 1)[-1])
@@ -201,7 +201,7 @@ def test_negative_control_the_naming_checker_flags_each_kind():
               f"def load(x, size={size}):\n"                     # 4: an int literal
               f'    """{spec.title} again, documentation."""\n'
               f"    return x[{scope!r}], f'{{x}} at {size}x{size}'\n"  # 6: a layer, a size
-              f"{spec.tf_root.replace('/', '_')} = 1\n")         # 7: an identifier
+              f"{spec.tf_root} = 1\n")                          # 7: an identifier
     found = {(line, what) for line, what, _ in named_specifics(source, words)}
     assert found >= {(3, "architecture"), (4, "input size"), (6, "layer"), (6, "input size"),
                      (7, "architecture")}
