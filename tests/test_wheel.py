@@ -64,22 +64,27 @@ class WheelVenv:
                    timeout=900)
         assert run.returncode == 0, run.stderr
 
-    def importable(self, module: str) -> bool:
-        return _run(self.bin / "python", "-c", f"import {module}").returncode == 0
+    def installed(self) -> set[str]:
+        """Which of the frameworks and the extras' packages the venv has."""
+        run = _run(self.bin / "python", "-c", "import importlib.util as u; print(*(m for m in "
+                   "('torch', 'tensorflow', 'onnx', 'onnxruntime', 'openvino', 'safetensors', "
+                   "'PIL') if u.find_spec(m)))")
+        assert run.returncode == 0, run.stderr
+        return set(run.stdout.split())
 
     def _install_base(self) -> None:
         self._pip("-c", CONSTRAINTS, self.wheel)
-        assert not self.importable("torch") and not self.importable("tensorflow")
+        assert self.installed() == set()
 
     def _install_onnx(self) -> None:
         self._pip("-c", CONSTRAINTS, f"{self.wheel}[onnx]")
-        assert self.importable("onnxruntime") and self.importable("openvino")
-        assert not self.importable("torch")
+        assert self.installed() == {"onnx", "onnxruntime", "openvino", "PIL"}
 
     def _install_torch(self) -> None:
-        self._pip("torch==2.13.0")  # first and pinned: the CPU build on local disk
-        self._pip("-c", CONSTRAINTS, f"{self.wheel}[torch]")
-        assert self.importable("safetensors") and not self.importable("tensorflow")
+        # pinned, as the Makefile installs it: torch 2.13.0 is the CPU build on local disk
+        self._pip("-c", CONSTRAINTS, "torch==2.13.0", f"{self.wheel}[torch]")
+        assert self.installed() == {"torch", "onnx", "onnxruntime", "openvino", "safetensors",
+                                    "PIL"}
 
 
 @pytest.fixture(scope="module")
