@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: 2.13.0 is the CPU build on local disk; anything looser pulls CUDA.
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[tf,onnx,test]'
+	# Every extra (README "Install"): torch, the TF reference stack, ONNX, and pytest.
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[torch,tf,onnx,test]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -18,6 +18,21 @@ from porting.errors import PortError
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 70
 
+# Packages of an extra (pyproject.toml) that a command may find missing: (what, the extra). The
+# base install ports, inspects and fetches without them; TensorFlow says so itself
+# (models.tf_runtime), ONNX Runtime and OpenVINO too (porting.onnx.engines).
+EXTRAS = {"torch": ("PyTorch", "torch"), "safetensors": ("safetensors", "torch"),
+          "onnx": ("ONNX", "onnx")}
+
+
+def missing_extra(err: ModuleNotFoundError) -> PortError | None:
+    """The one-line error for a package of an extra that is not installed, None for others."""
+    package = (err.name or "").partition(".")[0]
+    if package not in EXTRAS:
+        return None
+    what, extra = EXTRAS[package]
+    return PortError(f"this needs {what} ({err}); install it: pip install 'tf-porting[{extra}]'")
+
 
 def handles_errors(command):
     """Give a command ``--debug`` and turn its failures into one line on stderr."""
@@ -26,7 +41,13 @@ def handles_errors(command):
     @functools.wraps(command)
     def wrapper(*args, debug: bool, **kwargs):
         try:
-            return command(*args, **kwargs)
+            try:
+                return command(*args, **kwargs)
+            except ModuleNotFoundError as err:  # an extra not installed, or a bug
+                missing = missing_extra(err)
+                if missing is None:
+                    raise
+                raise missing from err
         except PortError as err:
             if debug:
                 raise
@@ -84,6 +105,14 @@ def _arch_option(what: str):
                         help=f"Force the architecture of {what} (one of: "
                              f"{', '.join(architectures())})  [default: told by the TF-Slim "
                              "root scope of its variables, or by the Keras layers]")
+
+
+def _keras_applications() -> str:
+    """The keras.applications models whose weight files are sources, from the specs."""
+    from models.spec import architectures
+
+    return " / ".join(spec.keras.application.rsplit(".", 1)[-1]
+                      for spec in architectures().values() if spec.keras)
 
 
 def _max_unpacked_option():
@@ -206,7 +235,7 @@ class _FilledCommand(click.Command):
 @main.command()
 @click.option("--src", required=True, metavar="CKPT",
               help="Checkpoint prefix, its .index or .data-* file, a folder holding one checkpoint, "
-                   "a release .tar.gz, or keras.applications InceptionV3 / InceptionResNetV2 "
+                   f"a release .tar.gz, or keras.applications {_keras_applications()} "
                    "weights (.h5 / .weights.h5).")
 @click.option("--dst", required=True, type=click.Path(dir_okay=False), metavar="FILE.pth",
               help="Requested output name; the file is written as NAME-<sha256[:8]>.pth (or "

@@ -11,13 +11,14 @@ CLI = "from porting.cli import main; main(sys.argv[1:])"  # port-weights ARGS
 
 
 def blocker(packages: tuple[str, ...]) -> str:
-    """Python source that makes any import of ``packages`` (and their submodules) fail."""
+    """Python source that makes any import of ``packages`` (and their submodules) fail as it
+    does where they are not installed: ModuleNotFoundError naming the package."""
     return (
         "import sys\n\n"
         "class Blocked:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         f"        if name.split('.')[0] in {packages!r}:\n"
-        "            raise ImportError(f'{name} is blocked in this test')\n"
+        "            raise ModuleNotFoundError(f'{name} is blocked in this test', name=name)\n"
         "        return None\n\n"
         "sys.meta_path.insert(0, Blocked())\n"
     )
