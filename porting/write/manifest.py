@@ -164,6 +164,8 @@ def _crop_line(prep) -> str:
 
 
 def _batch_norm_line(spec, fold_bn: bool) -> str:
+    if not spec.folds_batch_norm and not spec.standalone_batch_norms:
+        return "none in this architecture (nothing to fold)"
     if not fold_bn:
         return f"kept ({spec.batch_norm})"
     kept = spec.standalone_batch_norms
@@ -197,7 +199,9 @@ def model_card(manifest: dict) -> str:
         "",
         f"{spec.title} weights ported to PyTorch by tf-porting {manifest['tool']['version']} "
         f"for the TF-exact definition `{spec.model.replace(':', '.')}` (state-dict keys "
-        + (f"as timm's `{spec.timm_keys}`)." if spec.timm_keys else "named after TF-Slim's scopes)."),
+        + (f"as timm's `{spec.timm_keys}`)." if spec.timm_keys else
+           f"as torchvision's `{spec.torchvision_keys}`)." if spec.torchvision_keys else
+           "named after TF-Slim's scopes)."),
         "",
         "| | |",
         "| --- | --- |",
