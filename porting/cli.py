@@ -332,16 +332,16 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
 
     \b
     The reference is the architecture's TF oracle on --src: TF-Slim's own graph for
-    Inception v3 and the ResNets, Keras's InceptionResNetV2 (+ TF-Slim's aux head) for
+    Inception v3, the ResNets and VGG, Keras's InceptionResNetV2 (+ TF-Slim's aux head) for
     Inception-ResNet-v2. For each TF-Slim end point (Inception v3: Conv2d_1a_3x3 ...
     Mixed_7c, AuxLogits, PreLogits, Logits; Inception-ResNet-v2: Conv2d_1a_3x3 ...
     Conv2d_7b_1x1, AuxLogits, PreLogitsFlatten, Logits; ResNet: the root conv, every unit
-    and block, Logits) prints max |diff|, the relative error max |diff| / max(1, max |TF|)
+    and block, Logits; VGG: every conv and pool, fc6, fc7, Logits) prints max |diff|, the relative error max |diff| / max(1, max |TF|)
     and its bound (float32: 1e-4 for the classifier outputs, 1e-3 for feature maps;
     --float64: 1e-10), then names the first end point that diverges: that is where a port
     went wrong. 1000-class files of 1001-class nets are compared with TF's logits[:, 1:]
     (background dropped). The photos are preprocessed by the architecture's own recipe
-    (Inception's [-1, 1] at 299 px; ResNet v1's VGG mean subtraction at 224 px).
+    (Inception's [-1, 1] at 299 px; VGG's mean subtraction at 224 px for VGG and ResNet v1).
 
     \b
     Typical use:

@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.spec import Architecture, table, vgg_eval
-from models.spec.kinds import ConvBias, layer_kind
+from models.spec import Architecture, ConvBias, layer_kind, table, vgg_eval
 
 CONVS = {"vgg_16": (2, 2, 3, 3, 3), "vgg_19": (2, 2, 4, 4, 4)}  # 3x3 convs per block
 WIDTHS = (64, 128, 256, 512, 512)  # each block's channels
