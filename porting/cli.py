@@ -461,12 +461,12 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     """Show that a ported file computes what TensorFlow computes, end point by end point.
 
     The reference is the architecture's TF oracle on --src: TF-Slim's own graph for
-    Inception v3 and the ResNets, Keras's InceptionResNetV2 (+ TF-Slim's aux head) for
+    Inception v3, the ResNets and VGG, Keras's InceptionResNetV2 (+ TF-Slim's aux head) for
     Inception-ResNet-v2. For each TF-Slim end point (Inception v3: Conv2d_1a_3x3 ...
     Mixed_7c, AuxLogits, PreLogits, Logits; Inception-ResNet-v2: Conv2d_1a_3x3 ...
     Conv2d_7b_1x1, AuxLogits, PreLogitsFlatten, Logits; ResNet: the root conv, every unit
-    and block, Logits) prints max |diff|, the relative error max |diff| / max(1, max |TF|)
-    and its bound (float32: {logits_bound} for the classifier outputs, {map_bound} for
+    and block, Logits; VGG: every conv and pool, fc6, fc7, Logits) prints max |diff|, the
+    relative error max |diff| / max(1, max |TF|) and its bound (float32: {logits_bound} for the classifier outputs, {map_bound} for
     feature maps; --float64: {float64_bound}), then names the first end point that diverges:
     that is where a port went wrong. 1000-class files of 1001-class nets are compared with
     TF's logits[:, 1:] (background dropped). The photos are preprocessed by the

@@ -41,7 +41,7 @@ class Conversion:
     skipped: dict[str, str] = field(default_factory=dict)  # TF variable -> reason
     source_classes: int = 0
     architecture: Architecture | None = None
-    options: PortOptions = PortOptions()  # as applied: no aux for an architecture without one
+    options: PortOptions = PortOptions()  # as applied: no aux (or folding) for a net without one
     classes: ClassLayout | None = None  # which outputs are which classes (source_classes in)
 
 
@@ -222,6 +222,8 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
         if tensors[key].shape != shape:
             raise AssertionError(f"{key}: produced {list(tensors[key].shape)}, model wants {list(shape)}")
     state_dict = OrderedDict((key, tensors[key]) for key in layout)
-    applied = replace(options, aux=options.aux and checked.architecture.has_aux)
+    spec = checked.architecture  # nothing to fold in a net without batch norm (VGG): not folded
+    applied = replace(options, aux=options.aux and spec.has_aux,
+                      fold_bn=options.fold_bn and spec.folds_batch_norm)
     return Conversion(state_dict, mapped, dict(sorted(skipped.items())), checked.source_classes,
                       checked.architecture, applied, checked.classes)

@@ -30,21 +30,24 @@ def pytest_configure(config):
 
 def _group(item) -> str:
     """The xdist group of a test: the tests sharing an expensive fixture run in one worker, so it
-    is built once (Inception-ResNet-v2's calibrated Keras checkpoint; each ResNet's TF-Slim side);
-    the rest by module, so each module's fixtures are built once."""
+    is built once (Inception-ResNet-v2's calibrated Keras checkpoint; each ResNet's and VGG's
+    TF-Slim side); the rest by module, so each module's fixtures are built once."""
     names = getattr(item, "fixturenames", ())
     if "irv2_checkpoint" in names:
         return "inception_resnet_v2"
     if "case" in names and item.module.__name__ == "test_resnet":
         return item.callspec.params["case"]
+    if "vgg" in names and item.module.__name__ == "test_vgg":
+        return item.callspec.params["vgg"]
     return item.module.__name__
 
 
-# Groups that take 45-400 s each (measured), started first so that the two workers end
-# together: Inception-ResNet-v2's, each ResNet's and Inception v4's (slowest first), building
-# and installing the wheel. The rest follow in collection order (pyproject's addopts: --no-loadscope-reorder).
+# Groups that take 30-400 s each (measured), started first so that the two workers end
+# together: Inception-ResNet-v2's, each ResNet's (deepest first), Inception v4's, VGG-16's
+# (~45 s of CPU), building and installing the wheel, VGG-19's (~30 s). The rest follow in
+# collection order (pyproject's addopts: --no-loadscope-reorder).
 FIRST = ("inception_resnet_v2", "resnet_v1_152", "resnet_v2_152", "resnet_v2_50", "resnet_v1_50",
-         "test_inception_v4", "resnet_v1_101", "resnet_v2_101", "test_wheel")
+         "test_inception_v4", "resnet_v1_101", "resnet_v2_101", "vgg_16", "test_wheel", "vgg_19")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups

@@ -166,14 +166,14 @@ def test_wrong_architecture_and_debug_traceback(tmp_path):
     from ckpt_tools import write_checkpoint
     import numpy as np
 
-    prefix = write_checkpoint(tmp_path / "vgg.ckpt",
-                              {"vgg_16/conv1/conv1_1/weights": np.zeros((3, 3, 3, 64), np.float32)})
+    prefix = write_checkpoint(tmp_path / "alexnet.ckpt",  # TF-Slim's alexnet_v2: not ported here
+                              {"alexnet_v2/conv1/weights": np.zeros((11, 11, 3, 64), np.float32)})
     assert_clean_error(run("--src", prefix, "--dst", tmp_path / "m.pth"),
-                       "vgg.ckpt.index", "no known architecture: root scopes vgg_16",
+                       "alexnet.ckpt.index", "no known architecture: root scopes alexnet_v2",
                        "InceptionV3 (inception_v3)", "InceptionResnetV2 (inception_resnet_v2)",
-                       "resnet_v2_50 (resnet_v2_50)")
+                       "resnet_v2_50 (resnet_v2_50)", "vgg_16 (vgg_16)")
     assert_clean_error(run("--src", prefix, "--dst", tmp_path / "m.pth", "--arch", "inception_v3"),
-                       "vgg.ckpt.index", "not a TF-Slim Inception v3 checkpoint")
+                       "alexnet.ckpt.index", "not a TF-Slim Inception v3 checkpoint")
     partial = write_checkpoint(tmp_path / "resnet.ckpt",
                                {"resnet_v1_50/conv1/weights": np.zeros((7, 7, 3, 64), np.float32)})
     assert_clean_error(run("--src", partial, "--dst", tmp_path / "m.pth"),

@@ -162,16 +162,16 @@ def test_no_aux_skips_the_aux_variables(synthetic_ckpt):
 
 
 def test_another_architecture_is_rejected(variant):
-    def vgg(tensors):
-        return {k.replace("InceptionV3/", "vgg_16/"): v for k, v in tensors.items()}
+    def alexnet(tensors):  # TF-Slim's alexnet_v2, which nothing here ports
+        return {k.replace("InceptionV3/", "alexnet_v2/"): v for k, v in tensors.items()}
 
     def misnamed(tensors):  # Inception v3's layers under a known root scope of another net
         return {k.replace("InceptionV3/", "resnet_v1_50/"): v for k, v in tensors.items()}
 
-    with pytest.raises(PortError, match="no known architecture: root scopes vgg_16"):
-        _port(variant("vgg", vgg))
+    with pytest.raises(PortError, match="no known architecture: root scopes alexnet_v2"):
+        _port(variant("alexnet", alexnet))
     with pytest.raises(PortError, match="not a TF-Slim Inception-ResNet-v2 checkpoint: none of"):
-        _port(variant("vgg", vgg), arch="inception_resnet_v2")
+        _port(variant("alexnet", alexnet), arch="inception_resnet_v2")
     with pytest.raises(PortError, match="not a TF-Slim ResNet-50 v1 checkpoint: none of its 267"):
         _port(variant("misnamed", misnamed))
 

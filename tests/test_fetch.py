@@ -134,6 +134,7 @@ def test_registry_lists_the_family_with_its_official_urls():
         "inception_v4": base + "inception_v4_2016_09_09.tar.gz",
         **{f"resnet_v{v}_{depth}": base + f"resnet_v{v}_{depth}_{date}.tar.gz"
            for v, date in ((1, "2016_08_28"), (2, "2017_04_14")) for depth in (50, 101, 152)},
+        **{f"vgg_{depth}": base + f"vgg_{depth}_2016_08_28.tar.gz" for depth in (16, 19)},
     }
     assert releases["inception_v3"].format == "V1"
     assert releases["inception_v3"].members == ("inception_v3.ckpt",)

@@ -23,10 +23,12 @@ import torch
 from click.testing import CliRunner
 
 from conftest import BATCH_1_IMAGES
-from models.inception_v4.spec import FEATURE_END_POINTS, RELEASES, SPEC
+from torchvision_cpu import torchvision_models
+from models.inception_v4.spec import FEATURE_END_POINTS, SPEC
 from models.spec import ClassLayout
 from porting.cli import main
-from porting.verify.parity import compare, torch_outputs
+from porting.verify.parity import compare
+from porting.verify.torch_runner import torch_outputs
 from porting.weights import load_ported
 
 # The variants, as CLI options.
@@ -157,25 +159,13 @@ def test_negative_controls_fail_by_far(sabotage, v4):
 
 # --- the oracle against an implementation nobody here wrote: timm's inception_v4 -------------
 
-_TORCHVISION_STUB = None
 
 
 def _timm():
-    """timm, imported. timm imports torchvision, and PyPI's torchvision for this torch is a
-    CUDA build whose ops library cannot load against the CPU torch; its pure-Python part then
-    fails registering fake kernels for two of those ops (``torchvision::nms``, ``qnms``). Where
-    that happens the two schemas are declared (no kernels), so that the Python part imports;
-    timm's inception_v4 uses none of torchvision's ops."""
-    global _TORCHVISION_STUB
-    try:
-        import timm
-    except RuntimeError as err:
-        if "torchvision::nms" not in str(err):
-            raise
-        _TORCHVISION_STUB = torch.library.Library("torchvision", "FRAGMENT")
-        for op in ("nms", "qnms"):
-            _TORCHVISION_STUB.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        import timm
+    """timm, imported once torchvision can be (timm imports it: ``torchvision_cpu``)."""
+    torchvision_models()
+    import timm
+
     return timm
 
 
@@ -282,11 +272,11 @@ def test_goldens_verify_the_aux_head_and_name_a_sabotaged_block(float64, v4, tmp
 # --- the release archive, deploy_model ----------------------------------------------------
 
 def test_the_release_archive_ports_to_the_same_bytes(v4, tmp_path):
-    (release,) = RELEASES
     from porting.releases.registry import load_registry
 
     entry = load_registry()["inception_v4"]
-    assert dataclasses.asdict(entry) == {**release, "members": tuple(release["members"])}
+    assert (entry.architecture, entry.format, entry.members) == ("inception_v4", "V1",
+                                                                 ("inception_v4.ckpt",))
     archive = tmp_path / entry.archive
     with tarfile.open(archive, "w:gz", compresslevel=0) as tar:  # stored: the time is gzip's
         tar.add(v4.checkpoint, arcname=entry.checkpoint)

@@ -31,10 +31,11 @@ def test_target_layout_is_the_models_state_dict(arch, num_classes, aux, fold_bn)
 def test_a_different_model_gives_a_different_layout(arch):  # the comparison above can fail
     spec = architectures()[arch]
     model = create_model(spec, 1000, aux_logits=spec.has_aux, device="meta")
-    last_conv = next(layer for layer in reversed(spec.layers) if layer.kind.name.startswith("conv_bn"))
-    parent, name = model.get_submodule(last_conv.module), "conv"
-    out_chs, in_chs, kh, kw = last_conv.shape
-    setattr(parent, name, torch.nn.Conv2d(in_chs, out_chs + 1, (kh, kw), bias=False, device="meta"))
+    last_conv = next(layer for layer in reversed(spec.layers) if len(layer.shape) == 4)
+    key, shape = last_conv.kind.layout(last_conv.module, last_conv.shape, 1000, False)[0]
+    parent, name = key.rsplit(".", 1)  # its weight, one output channel more
+    setattr(model.get_submodule(parent), name,
+            torch.nn.Parameter(torch.empty(shape[0] + 1, *shape[1:], device="meta")))
     assert list(spec.target_layout(1000, spec.has_aux).items()) != _state_dict_layout(model)
 
 
@@ -67,8 +68,14 @@ def test_batch_norm_epsilon_is_the_tables(arch):
     spec = architectures()[arch]
     model = create_model(spec, 1000, aux_logits=spec.has_aux, device="meta")
     assert _batch_norm_eps_mismatches(spec, model) == []
-    # the check can fail: one batch norm with the other architectures' epsilon
-    layer = next(layer for layer in spec.layers if layer.kind.name.startswith("conv_bn"))
+    # the check can fail: a batch norm the table does not know of ...
+    model.add_module("stray", torch.nn.BatchNorm2d(8, device="meta"))
+    assert _batch_norm_eps_mismatches(spec, model) == ["stray: in no layer of the table"]
+    del model.stray
+    # ... and one with the other architectures' epsilon (where the net has batch norms)
+    layer = next((layer for layer in spec.layers if layer.kind.name.startswith("conv_bn")), None)
+    if layer is None:
+        return
     bn = model.get_submodule(layer.module).bn
     bn.eps = 1e-3 if bn.eps != 1e-3 else 1e-5
     assert _batch_norm_eps_mismatches(spec, model) == [f"{layer.module}.bn: eps {bn.eps} != "

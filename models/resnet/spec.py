@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.spec import Architecture, EvalConfig, inception_eval, table
+from models.spec import Architecture, inception_eval, table, vgg_eval
 
 BN_EPS = 1e-5  # resnet_arg_scope's batch_norm_epsilon
 UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}  # units per block
@@ -106,23 +106,6 @@ def end_points(version: int, depth: int) -> tuple[str, ...]:
         if u.index == UNITS[depth][u.block - 1]:
             names.append(f"{root}/block{u.block}")
     return (*names, "Logits")
-
-
-def vgg_eval(classifier: str) -> EvalConfig:
-    """TF-Slim's ``vgg_preprocessing`` eval recipe, which its ResNet v1 releases were evaluated
-    with (converted from Caffe: 1000 classes, no background). Mean and std apply to pixels
-    scaled to [0, 1], as everywhere here: mean/255 and std 1/255 are TF's plain ``x - mean`` on
-    [0, 255] pixels."""
-    means = (123.68, 116.78, 103.94)
-    return EvalConfig(
-        method="vgg", input_size=224, crop_fraction=224 / 256, resize_side=256,
-        interpolation="bilinear", mean=tuple(m / 255 for m in means), std=(1 / 255,) * 3,
-        value_range=(-max(means), 255 - min(means)),
-        num_classes=1000, label_offset=0, classifier=classifier,
-        recipe="TF-Slim vgg_preprocessing (eval): resize the shorter side to 256 (TF1 "
-               "resize_bilinear, align_corners=False), central crop 224x224, subtract the "
-               "RGB means (123.68, 116.78, 103.94) from the [0, 255] pixels",
-    )
 
 
 _PAPERS = {

@@ -111,6 +111,7 @@ class Architecture:
     paper: str
     keras: KerasAdapter | None = None
     timm_keys: str | None = None  # the timm model whose state-dict keys ours are, if any
+    torchvision_keys: str | None = None  # or the torchvision model (VGG: ``vgg16``)
 
     logits_end_points = ("AuxLogits", "Logits")  # class scores: label offset and top-k apply
 
@@ -136,6 +137,12 @@ class Architecture:
                          for eps, gamma in sorted(norms))
 
     @property
+    def folds_batch_norm(self) -> bool:
+        """Whether ``--fold-bn`` changes anything: a conv with a batch norm to fold into it.
+        Without one (VGG) the folded layout is the plain one, and ports say nothing was folded."""
+        return any(isinstance(layer.kind, ConvBN) for layer in self.layers)
+
+    @property
     def standalone_batch_norms(self) -> int:
         """Batch norms with no conv before them to fold into (ResNet v2's pre-activations)."""
         return sum(isinstance(layer.kind, BatchNorm) for layer in self.layers)
@@ -158,12 +165,14 @@ class Architecture:
         (given its keys and shapes), or None if the keys are not this model's."""
         shapes = dict(keys)
         weight = f"{self.eval.classifier}.weight"
-        first_conv = next(layer for layer in self.layers if isinstance(layer.kind, ConvBN))
-        if weight not in shapes or f"{first_conv.module}.conv.weight" not in shapes:
+        first_conv = next((layer for layer in self.layers if isinstance(layer.kind, ConvBN)), None)
+        probe = first_conv or self.layers[0]  # a net without batch norm (VGG): its first layer
+        if weight not in shapes or probe.kind.layout(probe.module, probe.shape, 1, False)[0][0] \
+                not in shapes:
             return None
         return {"num_classes": shapes[weight][0],
                 "aux_logits": any(key.startswith(f"{AUX_SCOPE}.") for key in shapes),
-                "fold_bn": f"{first_conv.module}.conv.bias" in shapes}
+                "fold_bn": first_conv is not None and f"{first_conv.module}.conv.bias" in shapes}
 
     def model_class(self):
         """The PyTorch model class (imports torch)."""

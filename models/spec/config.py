@@ -50,6 +50,23 @@ def inception_eval(classifier: str) -> EvalConfig:
     )
 
 
+def vgg_eval(classifier: str) -> EvalConfig:
+    """TF-Slim's ``vgg_preprocessing`` eval recipe, which its releases converted from Caffe
+    (ResNet v1, VGG-16/19) were evaluated with: 1000 classes, no background. Mean and std apply
+    to pixels scaled to [0, 1], as everywhere here: mean/255 and std 1/255 are TF's plain
+    ``x - mean`` on [0, 255] pixels."""
+    means = (123.68, 116.78, 103.94)
+    return EvalConfig(
+        method="vgg", input_size=224, crop_fraction=224 / 256, resize_side=256,
+        interpolation="bilinear", mean=tuple(m / 255 for m in means), std=(1 / 255,) * 3,
+        value_range=(-max(means), 255 - min(means)),
+        num_classes=1000, label_offset=0, classifier=classifier,
+        recipe="TF-Slim vgg_preprocessing (eval): resize the shorter side to 256 (TF1 "
+               "resize_bilinear, align_corners=False), central crop 224x224, subtract the "
+               "RGB means (123.68, 116.78, 103.94) from the [0, 255] pixels",
+    )
+
+
 @dataclass(frozen=True)
 class ClassLayout:
     """Which outputs of a classifier are which classes: the one place the background-class

@@ -79,7 +79,8 @@ def graph_metadata(spec, num_classes: int, input_size: int, weights: Path, sha25
         "preprocessing": prep.recipe,
         "outputs": ",".join(outputs),
         "aux_logits": "dropped (the AuxLogits head is a training aid; forward never uses it)",
-        "batch_norm": "folded into the convolutions (float64 math, rounded once to float32)",
+        "batch_norm": ("folded into the convolutions (float64 math, rounded once to float32)"
+                       if spec.folds_batch_norm else "none in this architecture"),
         "source_weights": weights.name,
         "source_sha256": sha256,
         "exporter": f"torch.onnx (TorchScript) torch {torch.__version__.split('+')[0]}, "

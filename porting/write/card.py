@@ -41,12 +41,14 @@ def _channels(values) -> str:
 
 
 def _crop_line(prep) -> str:
-    if prep.resize_side is not None:
+    if prep.method == "vgg":
         return f"resize the shorter side to {prep.resize_side}, then central crop {prep.input_size}"
     return f"central crop {prep.crop_fraction} of the image, then resize"
 
 
 def _batch_norm_line(spec, fold_bn: bool) -> str:
+    if not spec.folds_batch_norm and not spec.standalone_batch_norms:
+        return "none in this architecture (nothing to fold)"
     if not fold_bn:
         return f"kept ({spec.batch_norm})"
     kept = spec.standalone_batch_norms
@@ -95,7 +97,9 @@ def model_card(manifest: Manifest) -> str:
         "",
         f"{spec.title} weights ported to PyTorch by tf-porting {manifest.tool.version} "
         f"for the TF-exact definition `{spec.model.replace(':', '.')}` (state-dict keys "
-        + (f"as timm's `{spec.timm_keys}`)." if spec.timm_keys else "named after TF-Slim's scopes)."),
+        + (f"as timm's `{spec.timm_keys}`)." if spec.timm_keys else
+           f"as torchvision's `{spec.torchvision_keys}`)." if spec.torchvision_keys else
+           "named after TF-Slim's scopes)."),
         "",
         "| | |",
         "| --- | --- |",
