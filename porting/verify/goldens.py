@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from porting.errors import PortError, first_line
-from porting.files import cannot_write, move_into_place, temporary_beside
+from porting.files import cannot_write, move_into_place, release, temporary_beside
 from porting.read.h5safety import check_self_contained, shown
 
 FORMAT = "tf-porting-goldens/1"
@@ -56,7 +56,8 @@ class GoldenRecorder:
             fd, self._tmp = temporary_beside(self.path)
         except OSError as err:
             raise cannot_write(self.path, err) from err
-        os.close(fd)  # h5py opens it by name
+        os.close(fd)  # h5py opens it by name, and HDF5 takes the file's flock while it writes:
+        release(self._tmp)  # that lock marks it as ours from here on (see porting.files)
         self._file = None
         try:
             self._file = h5py.File(self._tmp, "w")
