@@ -137,8 +137,8 @@ def _preprocess_choice():
 
 
 # --- help texts generated from the eval configs and the tolerance constants ------------------
-# A help text may hold {fields} (_HELP_FIELDS), filled when it is shown: the verify bounds live
-# in modules that load torch, which starting the command line must not.
+# A help text may hold {fields} (_HELP_FIELDS), filled when it is shown from the specs and the
+# constants (computed only when a help page needs them).
 
 def _number(value: float) -> str:
     """1e-4 as "1e-4" and 0.1 as "0.1"."""
@@ -148,15 +148,19 @@ def _number(value: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def _by_architecture(text_of) -> str:
-    """``text_of(eval config)`` for every architecture, those with the same text together:
-    "inception_v3, resnet_v2_50: TEXT; resnet_v1_50: OTHER TEXT"."""
+def _by_architecture(text_of, of_spec: bool = False) -> str:
+    """``text_of(eval config)`` (or of the spec) for every architecture, those with the same
+    text together: "inception_v3, resnet_v2_50: TEXT; resnet_v1_50: OTHER TEXT"."""
     from models.spec import architectures
 
     groups: dict[str, list[str]] = {}
     for name, spec in architectures().items():
-        groups.setdefault(text_of(spec.eval), []).append(name)
+        groups.setdefault(text_of(spec if of_spec else spec.eval), []).append(name)
     return "; ".join(f"{', '.join(names)}: {text}" for text, names in groups.items())
+
+
+def _end_points(spec) -> str:
+    return str(len(spec.end_points))
 
 
 def _value_range(config) -> str:
@@ -180,20 +184,22 @@ def _bounds() -> dict[str, str]:
     """verify's bounds, from the constants it applies."""
     from fractions import Fraction
 
-    from porting.verify.gradients import FGSM_PIXELS, FLOAT32_RELATIVE_TOLERANCE
-    from porting.verify.parity import (FLOAT64_RELATIVE_TOLERANCE, MAP_RELATIVE_TOLERANCE,
+    from porting.verify.parity import (FGSM_PIXELS, FLOAT64_RELATIVE_TOLERANCE,
+                                       GRADIENT_RELATIVE_TOLERANCE, MAP_RELATIVE_TOLERANCE,
                                        RELATIVE_TOLERANCE)
 
     return {"logits_bound": _number(RELATIVE_TOLERANCE),
             "map_bound": _number(MAP_RELATIVE_TOLERANCE),
             "float64_bound": _number(FLOAT64_RELATIVE_TOLERANCE),
-            "gradient_bound": _number(FLOAT32_RELATIVE_TOLERANCE),
+            "gradient_bound": _number(GRADIENT_RELATIVE_TOLERANCE),
             "fgsm_step": str(Fraction(FGSM_PIXELS).limit_denominator(1000))}
 
 
 _HELP_FIELDS = {
     "input_ranges": lambda: _by_architecture(_value_range),
     "eval_inputs": lambda: _by_architecture(_eval_inputs),
+    "oracles": lambda: _by_architecture(lambda spec: spec.oracle_name, of_spec=True),
+    "end_points": lambda: _by_architecture(_end_points, of_spec=True),
     "tf_slim_recipes": lambda: _recipes(timm=False),
     "timm_recipes": lambda: _recipes(timm=True),
     **{name: (lambda name=name: _bounds()[name]) for name in
@@ -460,12 +466,8 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
            record_goldens, json_path, engines, arch):
     """Show that a ported file computes what TensorFlow computes, end point by end point.
 
-    The reference is the architecture's TF oracle on --src: TF-Slim's own graph for
-    Inception v3, the ResNets and VGG, Keras's InceptionResNetV2 (+ TF-Slim's aux head) for
-    Inception-ResNet-v2. For each TF-Slim end point (Inception v3: Conv2d_1a_3x3 ...
-    Mixed_7c, AuxLogits, PreLogits, Logits; Inception-ResNet-v2: Conv2d_1a_3x3 ...
-    Conv2d_7b_1x1, AuxLogits, PreLogitsFlatten, Logits; ResNet: the root conv, every unit
-    and block, Logits; VGG: every conv and pool, fc6, fc7, Logits) prints max |diff|, the
+    The reference is the architecture's TF oracle on --src ({oracles}). For each TF-Slim
+    end point its spec names (how many: {end_points}) it prints max |diff|, the
     relative error max |diff| / max(1, max |TF|) and its bound (float32: {logits_bound} for the classifier outputs, {map_bound} for
     feature maps; --float64: {float64_bound}), then names the first end point that diverges:
     that is where a port went wrong. 1000-class files of 1001-class nets are compared with

@@ -197,7 +197,7 @@ def test_help_states_ranges_and_bounds_from_the_configs_and_constants(monkeypatc
     import porting.cli as cli
     from models.spec import architectures
     from porting.preprocess import summary
-    from porting.verify import gradients, parity
+    from porting.verify import parity
 
     def one_paragraph(*args):
         return " ".join(run(*args, "--help").output.split())
@@ -210,7 +210,7 @@ def test_help_states_ranges_and_bounds_from_the_configs_and_constants(monkeypatc
     assert "NCHW in [-1, 1]" not in export  # not every architecture's range
     monkeypatch.setattr(parity, "FLOAT64_RELATIVE_TOLERANCE", 3e-11)
     monkeypatch.setattr(parity, "MAP_RELATIVE_TOLERANCE", 2e-3)
-    monkeypatch.setattr(gradients, "FLOAT32_RELATIVE_TOLERANCE", 0.25)
+    monkeypatch.setattr(parity, "GRADIENT_RELATIVE_TOLERANCE", 0.25)
     cli._bounds.cache_clear()
     try:
         verify = one_paragraph("verify")

@@ -6,7 +6,8 @@ import pytest
 from models.inception_v3.spec import SPEC
 
 from porting.errors import PortError
-from porting.verify.gradients import FLOAT32_RELATIVE_TOLERANCE, gradient_parity
+from porting.verify.gradients import gradient_parity
+from porting.verify.parity import GRADIENT_RELATIVE_TOLERANCE as FLOAT32_RELATIVE_TOLERANCE
 from porting.verify.parity import FLOAT64_RELATIVE_TOLERANCE
 from porting.verify.request import VerifyRequest
 from porting.verify.run import run

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 RELATIVE_TOLERANCE = 1e-4  # logits (the published bound)
 MAP_RELATIVE_TOLERANCE = 1e-3  # float32 feature maps
 FLOAT64_RELATIVE_TOLERANCE = 1e-10  # both sides in double: what is left is summation order
+# float32 input gradients: 3x the measured noise floor (porting.verify.gradients says why)
+GRADIENT_RELATIVE_TOLERANCE = 0.1
+FGSM_PIXELS = 2 / 255  # the FGSM step, as a fraction of the pixel range (4/255 on [-1, 1])
 
 
 def tolerance_for(spec: Architecture, end_point: str, float64: bool) -> float:

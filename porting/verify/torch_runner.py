@@ -13,8 +13,8 @@ import torch
 from models.spec import Architecture, ClassLayout, architecture_of_model
 from porting.errors import PortError
 from porting.verify.goldens import Reference
-from porting.verify.gradients import FLOAT32_RELATIVE_TOLERANCE, gradient_parity
-from porting.verify.parity import FLOAT64_RELATIVE_TOLERANCE, Parity
+from porting.verify.gradients import gradient_parity
+from porting.verify.parity import FLOAT64_RELATIVE_TOLERANCE, GRADIENT_RELATIVE_TOLERANCE, Parity
 from porting.verify.reference import OpenedReference
 from porting.verify.report import Report
 from porting.verify.request import VerifyRequest
@@ -103,7 +103,7 @@ class TorchSubject:
             report.gradients = gradient_parity(
                 model, opened.tf_model, images, dropped=layout.dropped, labels=labels,
                 relative_tolerance=(FLOAT64_RELATIVE_TOLERANCE if request.float64
-                                    else FLOAT32_RELATIVE_TOLERANCE),
+                                    else GRADIENT_RELATIVE_TOLERANCE),
                 batch_size=request.batch_size,
                 progress=None if progress is None else functools.partial(progress, "gradients"))
         return report
