@@ -163,6 +163,28 @@ def test_a_header_declaring_more_shards_than_the_files_is_one_line(tmp_path, num
     assert not (tmp_path / "m.pth").exists()
 
 
+def test_a_real_index_edited_to_declare_10_9_shards_is_one_line(checkpoints, tmp_path):
+    """The issue's case: TensorFlow's own index of a small checkpoint, its header's count set
+    to 10^9 behind valid CRCs."""
+    from porting.read.sstable import Table
+    from test_reader_hostile import copy_checkpoint
+
+    prefix = copy_checkpoint(checkpoints["v2"], tmp_path / "ckpt")
+    index = Path(f"{prefix}.index")
+    table = Table(index)
+    blocks = [[(key, bytes(value)) for key, value in table._data_block(i)]
+              for i in range(len(table._handles))]
+    header = blocks[0][0]
+    assert header[0] == b"" and header[1].startswith(_int(1, 1))  # num_shards = 1
+    blocks[0][0] = (b"", _int(1, 10 ** 9) + header[1][len(_int(1, 1)):])
+    index.write_bytes(_table_bytes([_block_contents(b) for b in blocks], table._separators,
+                                   snappy=False))
+    for command in (["inspect", prefix], ["--src", prefix, "--dst", tmp_path / "m.pth"]):
+        line = one_error_line(cli(tmp_path, *command))
+        assert line == (f"error: {index}: the bundle header declares 1000000000 data shards, but "
+                        "no model.ckpt.data-*-of-1000000000 is beside the index")
+
+
 def test_shards_are_counted_not_listed(tmp_path):
     """The declared count names the files; a shard that is missing is refused when read."""
     from porting.read.open import open_reader
