@@ -18,6 +18,7 @@ from porting.preprocess import TF_SLIM, load_image
 from porting.weights import load_ported
 
 CLASSES_FILE = Path(__file__).parent / "data" / "imagenet_classes.tsv"
+BATCH_SIZE = 16  # images per forward pass: memory is that of 16 images, however many are given
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,20 @@ def top_predictions(logits: torch.Tensor, k: int, layout: ClassLayout) -> list[l
 
 def predict_files(weights, images, method: str = TF_SLIM, k: int = 5):
     """[(image path, top-k predictions)] for image files under the ported file ``weights``,
-    preprocessed for its architecture by ``method`` (``porting.preprocess.METHODS``)."""
+    preprocessed for its architecture by ``method`` (``porting.preprocess.METHODS``), run
+    ``BATCH_SIZE`` at a time (each image is read and preprocessed just before its batch runs;
+    nothing is returned if any image fails)."""
     model = load_ported(weights)
     config = architecture_of_model(model).eval
     try:  # a file with TF-Slim's classes keeps the background outputs; one ported to fewer has none
         layout = ClassLayout.of(config, model.num_classes)
     except ValueError as err:
         raise PortError(f"{weights}: {model.num_classes} classes, not ImageNet's ({err})") from err
-    batch = np.stack([load_image(path, config, method) for path in images])
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(batch).permute(0, 3, 1, 2))
-    return list(zip(images, top_predictions(logits, k, layout)))
+    predictions = []
+    for start in range(0, len(images), BATCH_SIZE):
+        paths = images[start:start + BATCH_SIZE]
+        batch = np.stack([load_image(path, config, method) for path in paths])
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(batch).permute(0, 3, 1, 2))
+        predictions += zip(paths, top_predictions(logits, k, layout))
+    return predictions

@@ -140,6 +140,17 @@ def test_vgg_eval_matches_tensorflow(tf, name):
     assert inception.shape == (299, 299, 3)  # the v2 nets keep Inception's recipe
 
 
+@pytest.mark.parametrize("height, width", [(3, 500), (500, 3), (1, 257)])
+def test_strips_match_tensorflow(tf, height, width):
+    """Degenerate aspect ratios, where only the kept crop of the resize is computed (a strip's
+    long side resizes to tens of thousands of pixels): still TensorFlow's values."""
+    pixels = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), np.uint8)
+    vgg = tf_slim_eval(pixels, VGG)
+    assert float(np.abs(vgg - _vgg_reference(tf, pixels)).max()) <= 1e-4
+    inception = tf_slim_eval(pixels, INCEPTION)
+    assert float(np.abs(inception - _tf_slim_reference(tf, pixels)).max()) <= 1e-5
+
+
 # --- from the config alone, and to the bit what the literal formulas gave -------------------
 
 def test_inception_normalisation_is_tf_slims_to_the_bit_on_every_pixel_value():

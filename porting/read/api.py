@@ -6,6 +6,7 @@ TF-Slim's variable names). ``porting.read.open.open_source`` picks one for a ``-
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Protocol
 
@@ -21,7 +22,7 @@ class VariableInfo:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no int64 overflow
 
 
 class CheckpointReader(Protocol):

@@ -23,7 +23,9 @@ naming the archive and the limit:
   archives are exempt up to ``RATIO_EXEMPT_BYTES`` (1 MiB), since a tar's zero padding alone
   compresses ~100:1;
 * each member's header (pax / GNU long-name records) at most ``MAX_HEADER_BYTES``, so that a
-  forged header cannot make ``tarfile`` buffer gigabytes in memory.
+  forged header cannot make ``tarfile`` buffer gigabytes in memory;
+* each member's path at most ``MAX_DEPTH`` (16) folders deep: releases nest one; a path 1200
+  folders deep would overflow the recursion of creating, finding and removing its folders.
 
 Only what a checkpoint reader needs is written: graphs (``.meta``, and the ``eval.graph`` /
 ``train.graph`` of the 2017 ResNet v2 releases; never read by a port) and
@@ -60,7 +62,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
 from porting.errors import PortError, first_line
-from porting.files import hold, pid_alive, release, stale
+from porting.files import hold, open_input, pid_alive, release, stale
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -69,6 +71,7 @@ DEFAULT_MAX_MEMBERS = 64       # releases hold 1 to 3 members
 DEFAULT_MAX_RATIO = 200        # unpacked : compressed; checkpoint floats compress ~1.1:1
 RATIO_EXEMPT_BYTES = 1 << 20   # the ratio is not held against archives unpacking to less
 MAX_HEADER_BYTES = 1 << 20     # one member's header records (pax, GNU long names)
+MAX_DEPTH = 16                 # folders above a member; releases nest at most one
 
 SKIPPED_NAMES = frozenset({"checkpoint"})  # the CheckpointState file of a training folder
 SKIPPED_SUFFIXES = (".meta", ".graph")    # MetaGraphDef / GraphDef files: never read by a port
@@ -177,6 +180,11 @@ def _safe_parts(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
         raise PortError(f"{archive}: refused: member {name!r} has an absolute path")
     if any(part == ".." for part in path.parts) or "\\" in name or "\0" in name:
         raise PortError(f"{archive}: refused: member {name!r} points outside the archive")
+    depth = len(path.parts) - (0 if member.isdir() else 1)
+    if depth > MAX_DEPTH:
+        shown = name if len(name) <= 80 else f"{name[:60]}...{name[-16:]}"
+        raise PortError(f"{archive}: refused: member {shown!r} is {depth} folders deep (at most "
+                        f"{MAX_DEPTH})")
     return path.parts
 
 
@@ -194,7 +202,7 @@ def _discard(data: BinaryIO) -> None:
 def _unpack(archive: Path, target: Path, max_bytes: int, max_members: int,
             max_ratio: float) -> None:
     """Stream ``archive`` once, writing the members a reader needs under ``target``."""
-    with open(archive, "rb") as raw, _decompressed(raw) as plain:
+    with open_input(archive, "archive") as raw, _decompressed(raw) as plain:
         stream = _LimitedStream(archive, plain, os.fstat(raw.fileno()).st_size, max_bytes,
                                 max_ratio)
         stream.header_limit = MAX_HEADER_BYTES + tarfile.RECORDSIZE
@@ -239,9 +247,8 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_members: int,
 
 def _checkpoint_folder(root: Path) -> Path:
     """Where the checkpoint files are: the root, or the one folder an archive wraps them in."""
-    entries = list(root.iterdir())
-    if len(entries) == 1 and entries[0].is_dir():
-        return _checkpoint_folder(entries[0])
+    while len(entries := list(root.iterdir())) == 1 and entries[0].is_dir():
+        root = entries[0]
     return root
 
 
@@ -321,8 +328,7 @@ def unpacked(archive: str | Path, max_bytes: int = DEFAULT_MAX_BYTES,
     (``--max-unpacked-bytes``), more than ``max_members`` members, or more than ``max_ratio``
     bytes unpacked per byte of archive. See the module's docstring for the defaults."""
     archive = Path(archive)
-    if not archive.is_file():
-        raise PortError(f"{archive}: no such archive")
+    open_input(archive, "archive").close()  # a regular file (one line otherwise), before any work
     remove_stale_folders()
     with _owned_folder() as tmp:
         try:

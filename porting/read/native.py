@@ -5,11 +5,20 @@ Only numpy, google-crc32c and cramjam (Snappy blocks). Opening reads the index a
 Every block and every V2 tensor is checked against its CRC-32C; anything malformed is a
 PortError naming the file and the tensor, never a wrong value.
 
+Every count and size the index declares is checked against the files on disk before anything
+is allocated for it: the header's number of data shards must name data files beside the index
+(``PREFIX.data-*-of-NNNNN``), a tensor's bytes must lie inside its shard (checked when it is
+read, so that the tensors before a truncation stay readable), and a tensor assembled from
+slices may declare no more elements than its files hold bytes (each stored element takes at
+least one), so a few-KB index cannot make a reader allocate gigabytes.
+
 bfloat16 tensors come back as ``ml_dtypes.bfloat16`` arrays, as TensorFlow returns them; without
 ml_dtypes installed they are reported as unreadable (numpy has no bfloat16 of its own).
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -18,7 +27,7 @@ import numpy as np
 
 from porting.errors import PortError
 from porting.read.api import VariableInfo
-from porting.read.sources import V1, CheckpointSource
+from porting.read.sources import V1, CheckpointSource, data_shard_of, data_shard_path
 from porting.read.sstable import (FormatError, Table, as_int64, crc32c, last, parse_message,
                              read_exact, read_varint, repeated_fixed, repeated_varints, scalar,
                              submessage, unmask_crc)
@@ -29,6 +38,7 @@ _NUMPY_DTYPES = {
     17: "<u2", 18: "<c16", 19: "<f2", 22: "<u4", 23: "<u8",
 }
 DT_STRING, DT_BFLOAT16, DT_HALF = 7, 14, 19
+MAX_RANK = 64  # numpy's limit (TensorFlow's is 254; no checkpoint of the family comes near)
 _REF_OFFSET = 100  # DT_FLOAT_REF = 101 etc.: the same data
 
 
@@ -61,6 +71,8 @@ def _shape(fields: dict) -> tuple[int, ...]:
     dims = tuple(dims)
     if any(d < 0 for d in dims):
         raise FormatError(f"shape {list(dims)} has an unknown dimension")
+    if len(dims) > MAX_RANK:
+        raise FormatError(f"shape of rank {len(dims)}; numpy holds at most {MAX_RANK} dimensions")
     return dims
 
 
@@ -147,10 +159,21 @@ def _slice_index(extents: tuple[Extent, ...], shape: tuple[int, ...]) -> tuple[s
     return tuple(index)
 
 
+def check_declared(shape: tuple[int, ...], stored_bytes: int) -> None:
+    """FormatError unless a tensor of ``shape`` fits in the ``stored_bytes`` its values come
+    from: every stored element takes at least one byte (fixed-width values their width, V1's
+    varints and V2's string lengths at least one), so nothing larger is allocated for it."""
+    count = math.prod(shape)
+    if count > stored_bytes:
+        raise FormatError(f"shape {list(shape)} declares {count:,} elements, more than its "
+                          f"files hold ({stored_bytes:,} bytes)")
+
+
 class _Assembly:
     """A full tensor filled slice by slice; every element must be written exactly once."""
 
-    def __init__(self, dtype: np.dtype, shape: tuple[int, ...]):
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...], stored_bytes: int):
+        check_declared(shape, stored_bytes)  # before allocating: the shape is the index's word
         self.value = np.empty(shape, dtype)
         self.filled = np.zeros(shape, bool)
 
@@ -252,17 +275,32 @@ class _Bundle:
         if header is None:
             raise FormatError("no bundle header (not a V2 checkpoint index)")
         _check_version(submessage(header, 3))
-        self.num_shards = scalar(header, 1)
+        self.num_shards = _as_int32(scalar(header, 1))
         endianness = scalar(header, 2)
         if endianness not in (0, 1):
             raise FormatError(f"unknown endianness {endianness} in the bundle header")
         self.big_endian = endianness == 1
-        self.shards = [Path(f"{self.prefix}.data-{i:05d}-of-{self.num_shards:05d}")
-                       for i in range(self.num_shards)]
+        # The data files of this header's count beside the index, by shard (a missing one is
+        # refused when a tensor in it is read): the count is checked against them, never used
+        # to make a list of that length.
+        self.shard_sizes = {}
+        for path in source.files[1:]:
+            shard, of = data_shard_of(path)
+            if of == self.num_shards and shard < of:
+                self.shard_sizes[shard] = os.stat(path).st_size
+        if not self.shard_sizes:
+            raise FormatError(f"the bundle header declares {self.num_shards} data shards, but no "
+                              f"{self.prefix.name}.data-*-of-{max(self.num_shards, 0):05d} is "
+                              "beside the index")
+        self.data_bytes = sum(self.shard_sizes.values())
         for key, entry in self.entries.items():
-            if not entry.slices and entry.shard >= self.num_shards:
+            if not entry.slices and not 0 <= entry.shard < self.num_shards:
                 raise FormatError(f"{key.decode('utf-8', 'replace')}: in shard {entry.shard} "
                                   f"of {self.num_shards}")
+
+    def shard(self, index: int) -> Path:
+        """The data file of shard ``index`` (of the header's count)."""
+        return data_shard_path(self.prefix, index, self.num_shards)
 
     def variables(self) -> dict[str, VariableInfo]:
         return {key.decode("utf-8", "replace"): VariableInfo(e.dtype, e.shape)
@@ -270,13 +308,13 @@ class _Bundle:
 
     def file_of(self, name: str) -> Path:
         entry = self.entries[name.encode()]
-        return self.index_path if entry.slices else self.shards[entry.shard]
+        return self.index_path if entry.slices else self.shard(entry.shard)
 
     def read(self, name: str) -> np.ndarray:
         entry = self.entries[name.encode()]
         if not entry.slices:
             return self._read_stored(entry)
-        whole = _Assembly(entry.dtype, entry.shape)
+        whole = _Assembly(entry.dtype, entry.shape, self.data_bytes)
         for extents in entry.slices:
             part = self.entries.get(slice_key(name, extents))
             if part is None or part.slices:
@@ -287,7 +325,7 @@ class _Bundle:
         return whole.result()
 
     def _read_stored(self, entry: _BundleEntry) -> np.ndarray:
-        path = self.shards[entry.shard]
+        path = self.shard(entry.shard)
         if not path.exists():  # anything there but a regular file: read_exact refuses it
             raise FormatError("data shard missing", path)
         raw = read_exact(path, entry.offset, entry.size, "tensor data")
@@ -353,6 +391,7 @@ class _SlicedTensor:
 class _SliceTables:
     def __init__(self, source: CheckpointSource):
         self.tensors: dict[str, _SlicedTensor] = {}
+        self._parts: dict[str, list] = {}  # name -> its slices, gathered over the tables
         self.files = source.files
         self.tables: list[Table] = []
         for path in source.files:
@@ -361,6 +400,9 @@ class _SliceTables:
                 self._add_table(self.tables[-1])
             except FormatError as err:
                 raise FormatError(str(err), err.path or path) from None
+        self.tensors = {name: _SlicedTensor(t.code, t.dtype, t.shape, tuple(self._parts[name]))
+                        for name, t in self.tensors.items()}
+        self.stored_bytes = sum(table.file_size for table in self.tables)
 
     def _add_table(self, table: Table) -> None:
         meta_value = table.get(b"")
@@ -376,17 +418,16 @@ class _SliceTables:
                 raise FormatError(f"tensor name {raw_name!r} is not UTF-8") from None
             try:
                 code = scalar(fields, 3)
-                tensor = _SlicedTensor(code, _dtype(code), _shape(submessage(fields, 2)),
-                                       tuple((table, _slice(s)) for s in fields.get(4, [])))
+                tensor = _SlicedTensor(code, _dtype(code), _shape(submessage(fields, 2)), ())
+                parts = [(table, _slice(s)) for s in fields.get(4, [])]
                 known = self.tensors.get(name)
                 if known is not None:  # sharded: slices of one tensor in several files
                     if (known.code, known.shape) != (code, tensor.shape):
                         raise FormatError("dtype or shape differs between shards")
-                    tensor = _SlicedTensor(code, tensor.dtype, tensor.shape,
-                                           known.parts + tensor.parts)
             except FormatError as err:
                 raise FormatError(f"{name}: {err}") from None
-            self.tensors[name] = tensor
+            self.tensors.setdefault(name, tensor)
+            self._parts.setdefault(name, []).extend(parts)
 
     def variables(self) -> dict[str, VariableInfo]:
         return {name: VariableInfo(t.dtype, t.shape) for name, t in sorted(self.tensors.items())}
@@ -406,7 +447,7 @@ class _SliceTables:
 
     def read(self, name: str) -> np.ndarray:
         tensor = self.tensors[name]
-        whole = _Assembly(tensor.dtype, tensor.shape)
+        whole = _Assembly(tensor.dtype, tensor.shape, self.stored_bytes)
         for table, extents in tensor.parts:
             try:
                 whole.put(extents, self._read_slice(table, name, tensor, extents))

@@ -33,6 +33,19 @@ class CheckpointSource:
         return str(self.prefix)
 
 
+def data_shard_path(prefix: Path, shard: int, count: int) -> Path:
+    """The name TensorFlow gives shard ``shard`` of ``count`` of a V2 checkpoint's data."""
+    return Path(f"{prefix}.data-{shard:05d}-of-{count:05d}")
+
+
+def data_shard_of(path: Path) -> tuple[int, int]:
+    """(shard, count) of a V2 data file's name, as ``_v2_source`` found it."""
+    match = _DATA_RE.search(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path}: not a data shard's name")
+    return int(match.group(1)), int(match.group(2))
+
+
 def _is_regular(path: Path) -> bool:
     """Whether ``path`` (after symlinks) is a regular file; False if it does not exist. Only
     ``os.stat``: opening a FIFO blocks until a writer comes, and a device may never end."""

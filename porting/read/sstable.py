@@ -22,6 +22,9 @@ FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5  # compression type byte + masked crc32c
 NO_COMPRESSION, SNAPPY_COMPRESSION = 0, 1
 MAX_BLOCK_SIZE = 1 << 31  # a snappy header claiming more is corrupt, not a real block
+# Snappy expands at most 64 bytes from a 3-byte copy (21.3:1): a header claiming more than this
+# many times the compressed block is corrupt, and is refused before the buffer is allocated
+MAX_SNAPPY_RATIO = 22
 _CRC_MASK_DELTA = 0xA282EAD8
 
 
@@ -290,8 +293,10 @@ class Table:
         kind, contents = raw[size], memoryview(raw)[:size]
         if kind == SNAPPY_COMPRESSION:
             try:
-                if cramjam.snappy.decompress_raw_len(contents) > MAX_BLOCK_SIZE:
-                    raise FormatError(f"{what} at offset {offset}: implausible snappy size")
+                claimed = cramjam.snappy.decompress_raw_len(contents)
+                if claimed > min(MAX_BLOCK_SIZE, MAX_SNAPPY_RATIO * len(contents) + 16):
+                    raise FormatError(f"{what} at offset {offset}: implausible snappy size "
+                                      f"({claimed:,} bytes from {len(contents):,})")
                 contents = memoryview(cramjam.snappy.decompress_raw(contents))
             except cramjam.DecompressionError as err:
                 raise FormatError(f"{what} at offset {offset}: bad snappy data ({err})") from err
