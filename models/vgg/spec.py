@@ -59,8 +59,14 @@ class ConvAsLinear(ConvBias):
 
     def tensors(self, module, v, folded, drop):
         kernel = v["weight"]
-        weight = kernel.transpose(3, 2, 0, 1).reshape(kernel.shape[3], -1)
-        return {f"{module}.weight": np.ascontiguousarray(weight, "<f4"),
+        kh, kw, in_chs, out_chs = kernel.shape
+        taps = kernel.reshape(kh * kw, in_chs, out_chs)
+        weight = np.empty((out_chs, in_chs, kh * kw), "<f4")
+        # The HWIO -> OIHW copy, a few input channels at a time: one strided copy of fc6's
+        # 400 MB jumps 8 MB per element and took 1.4-1.7 s here, these blocks 0.55-0.6 s.
+        for start in range(0, in_chs, 8):
+            weight[:, start:start + 8] = taps[:, start:start + 8].transpose(2, 1, 0)
+        return {f"{module}.weight": weight.reshape(out_chs, -1),
                 f"{module}.bias": np.ascontiguousarray(v["bias"], "<f4")}
 
 

@@ -169,6 +169,12 @@ def check_declared(shape: tuple[int, ...], stored_bytes: int) -> None:
                           f"files hold ({stored_bytes:,} bytes)")
 
 
+def _whole(extents: tuple[Extent, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a slice covers its whole tensor (every extent from 0 to the end)."""
+    return len(extents) == len(shape) and all(
+        start == 0 and length in (-1, dim) for (start, length), dim in zip(extents, shape))
+
+
 class _Assembly:
     """A full tensor filled slice by slice; every element must be written exactly once."""
 
@@ -447,6 +453,16 @@ class _SliceTables:
 
     def read(self, name: str) -> np.ndarray:
         tensor = self.tensors[name]
+        if len(tensor.parts) == 1 and _whole(tensor.parts[0][1], tensor.shape):
+            # One slice holding the whole tensor (how V1 savers store an unpartitioned
+            # variable): its values are the tensor, with no assembly copy or coverage mask
+            # (VGG's fc6: 400 MB).
+            table, extents = tensor.parts[0]
+            check_declared(tensor.shape, self.stored_bytes)
+            try:
+                return self._read_slice(table, name, tensor, extents)
+            except FormatError as err:
+                raise FormatError(str(err), table.path) from None
         whole = _Assembly(tensor.dtype, tensor.shape, self.stored_bytes)
         for table, extents in tensor.parts:
             try:
