@@ -17,6 +17,13 @@ from porting.errors import PortError
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 70
+DEBUG = "port-weights.debug"  # key of the click context's meta: whether --debug was given
+
+
+def _debugging() -> bool:
+    """Whether the command being run was given ``--debug``."""
+    context = click.get_current_context(silent=True)
+    return bool(context is not None and context.meta.get(DEBUG))
 
 # Packages of an extra (pyproject.toml) that a command may find missing: (what, the extra). The
 # base install ports, inspects and fetches without them; TensorFlow says so itself
@@ -40,6 +47,7 @@ def handles_errors(command):
     @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
     @functools.wraps(command)
     def wrapper(*args, debug: bool, **kwargs):
+        click.get_current_context().meta[DEBUG] = debug  # e.g. the engines' logs: _debugging()
         try:
             try:
                 return command(*args, **kwargs)
@@ -128,6 +136,16 @@ def _engine_choice():
     from porting.onnx.engines import ENGINES
 
     return click.Choice(list(ENGINES))
+
+
+def _input_size_option():
+    from porting.onnx.export import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+
+    return click.option("--input-size", type=click.IntRange(min=MIN_INPUT_SIZE),
+                        metavar="PIXELS",
+                        help=f"Fixed height and width of the graph's input, at most "
+                             f"{MAX_INPUT_SIZE}  [default: the architecture's evaluation size; "
+                             "verify needs that size]")
 
 
 def _preprocess_choice():
@@ -533,7 +551,7 @@ def _open_weights(request):
     if request.onnx:
         from porting.onnx.verify import OnnxSubject
 
-        return OnnxSubject.open(request)
+        return OnnxSubject.open(request, engine_logs=_debugging())  # --debug: engines log too
     from porting.verify.torch_runner import TorchSubject
 
     return TorchSubject.open(request)
@@ -551,9 +569,7 @@ def _progress_line(phase: str, done: int, total: int) -> None:
 @click.option("--dst", required=True, type=click.Path(dir_okay=False), metavar="NAME.onnx",
               help="Requested output name; the graph is written as NAME-<sha256[:8]>.onnx, "
                    "with NAME-<sha256[:8]>.json, its manifest, beside it.")
-@click.option("--input-size", type=click.IntRange(min=75), metavar="PIXELS",
-              help="Fixed height and width of the graph's input  [default: the "
-                   "architecture's evaluation size; verify needs that size]")
+@_input_size_option()
 @click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True,
               help="ONNX opset of the graph.")
 @click.option("--end-points", is_flag=True,
@@ -569,8 +585,9 @@ def export(weights, dst, input_size, opset, end_points, force):
     evaluated ({input_ranges}), with a dynamic batch axis,
     output `Logits` [batch, classes]. Its ONNX metadata (keys tf_porting.*) and the manifest
     beside it record the architecture, the classes (TF-Slim's background class kept at index 0
-    or dropped), the preprocessing recipe and the source file's sha256. The same weights and
-    options always give the same bytes. Check it against TensorFlow with:
+    or dropped), the preprocessing recipe and the source file's name and sha256. The same
+    weights file (name and contents) and options always give the same bytes. Check it against
+    TensorFlow with:
 
     \b
       port-weights verify --src CKPT --weights NAME-<sha256[:8]>.onnx

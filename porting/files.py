@@ -84,7 +84,12 @@ def read_input(path, limit: int, what: str = "file") -> bytes:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise PortError(f"{path}: {what} of {size:,} bytes; at most {limit:,} are read")
-        data = f.read(limit + 1)
+        data = f.read(size)  # not read(limit + 1): that reserves limit + 1 bytes up front
+        while len(data) <= limit:  # and whatever more there is (grown since, or procfs's 0)
+            more = f.read(min(1 << 20, limit + 1 - len(data)))
+            if not more:
+                break
+            data += more
     if len(data) > limit:  # grew while read
         raise PortError(f"{path}: {what} larger than {limit:,} bytes")
     return data

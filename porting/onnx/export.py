@@ -4,8 +4,16 @@
 beside it, both through one ``porting.files.Outputs`` transaction (all or nothing, never
 replacing an input, a link or a non-regular file). The graph is the BN-folded model without the
 aux head (``porting.onnx.trace``); what it computes and how to feed it is in its ONNX metadata
-(``porting.onnx.graph``) and in the manifest. Two exports of the same weights with the same
-options give the same bytes (torch's TorchScript exporter is deterministic; tested).
+(``porting.onnx.graph``) and in the manifest. Two exports of the same weights file (its name
+and its bytes) with the same options give the same bytes (torch's TorchScript exporter is
+deterministic; tested). The file's name is provenance the graph records (the metadata's
+``source_weights``, the manifest's ``source.weights``): a renamed copy gives a graph that
+differs in that one metadata entry, and so in its hash (tested).
+
+The input size is bounded (``MIN_INPUT_SIZE``..``MAX_INPUT_SIZE``) before any work: tracing
+the model at a size holds its activations, which grow with its square (ResNet-152 with
+``--end-points`` takes ~5.7 GB at 2048 px, ~1.5 GB at 1024); and one the architecture refuses
+(VGG's fc6 takes 224 to 255 px) is refused before tracing (``trace.input_size_refused``).
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from models.spec import ClassLayout
-from porting.errors import PortError
+from porting.errors import PortError, escaped
 from porting.files import Outputs, cannot_write, sha256_file
 from porting.onnx.graph import PREFIX, with_metadata
 from porting.write.hashed import Written, hashed_path, settle_hashed
@@ -25,6 +33,8 @@ from porting.write.manifest import (ExportOptionsRecord, ExportSourceRecord, Gra
                                     tool_version)
 
 SUFFIX = ".onnx"
+MIN_INPUT_SIZE = 75     # the smallest input every architecture's stem reduces to a map
+MAX_INPUT_SIZE = 1024   # 3.4x the largest evaluation size (299): bounds the tracing's memory
 
 
 @dataclass(frozen=True)
@@ -93,12 +103,15 @@ def export_weights(weights: str | Path, dst: str | Path, input_size: int | None 
                    opset: int | None = None, end_points: bool = False,
                    force: bool = False) -> ExportResult:
     """Export the ported file ``weights`` (.pth or .safetensors) to ``dst``'s hashed sibling."""
-    from porting.onnx.trace import OPSET, export_onnx
+    from porting.onnx.trace import OPSET, export_onnx, input_size_refused
     from models.spec import architecture_of_model
     from porting.weights import load_ported
 
     weights, dst = Path(weights), Path(dst)
     opset = opset or OPSET
+    if input_size is not None and not MIN_INPUT_SIZE <= input_size <= MAX_INPUT_SIZE:
+        raise PortError(f"--input-size {input_size}: the graph's input must be "
+                        f"{MIN_INPUT_SIZE} to {MAX_INPUT_SIZE} pixels")
     if dst.name in ("", ".", ".."):
         raise PortError(f"{str(dst)!r}: --dst needs a file name")
     if dst.suffix not in ("", SUFFIX):
@@ -113,6 +126,10 @@ def export_weights(weights: str | Path, dst: str | Path, input_size: int | None 
         model = load_ported(weights)
         spec = architecture_of_model(model)
         input_size = input_size or spec.eval.input_size
+        refused = input_size_refused(model, input_size)
+        if refused is not None:
+            raise PortError(f"--input-size {input_size}: {spec.title} cannot take it "
+                            f"({escaped(refused)})")
         payload, names = export_onnx(model, input_size, opset, end_points)
         source_sha256 = sha256_file(weights)
         metadata = graph_metadata(spec, model.num_classes, input_size, weights, source_sha256,

@@ -47,6 +47,22 @@ def _end_point_names(folded: nn.Module, input_size: int) -> tuple[str, ...]:
     return tuple(name for name in architecture_of_model(folded).end_points if name in have)
 
 
+def input_size_refused(model: nn.Module, input_size: int) -> str | None:
+    """Why ``model``'s architecture cannot take ``input_size`` x ``input_size`` images (its
+    forward refuses them: VGG's fc6 wants a 7x7 map), None if it can. Shapes only: the
+    architecture's layout on the meta device runs in milliseconds and allocates nothing."""
+    from models.loading import create_model
+
+    layout = create_model(architecture_of_model(model), model.num_classes, aux_logits=False,
+                          device="meta").eval()
+    try:
+        with torch.no_grad():
+            layout(torch.zeros(1, 3, input_size, input_size, device="meta"))
+    except (ValueError, RuntimeError) as err:  # the model's own refusal, or torch's on shapes
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return None
+
+
 def export_onnx(model_or_state_dict, input_size: int, opset: int = OPSET,
                 end_points: bool = False) -> tuple[bytes, tuple[str, ...]]:
     """(serialised ONNX model, its output names) of the folded copy of a ported model or state

@@ -2,8 +2,11 @@
 against the TF oracle (or goldens), driven by ``porting.verify.run`` with its bounds and report.
 
 The graph's ONNX metadata (``porting.onnx.graph``) says its architecture, classes and input
-size. Before running anything, every ``AveragePool`` is checked statically: one that counts
-padding where TF's SAME pool does not is a failure naming the node. Then each engine runs the
+size. Before running anything, the graph is checked statically: one self-contained file, no
+control flow, the input its metadata states, no tensor beyond the size budget at batch 10
+(each a one-line PortError); and every ``AveragePool``: one that counts padding where TF's
+SAME pool does not is a failure naming the node. The engines get the bytes that were checked,
+and run stoppably (``porting.onnx.engines``). Then each engine runs the
 graph twice over the images, at batch 1 and at batch 10 (the dynamic batch axis), and every
 output that is a TF-Slim end point (``Logits``; all end points for ``export --end-points``) is
 compared with the reference: max |diff| <= 1e-4 x max(1, max |TF|) for class scores, 1e-3 for
@@ -21,8 +24,9 @@ import numpy as np
 
 from models.spec import Architecture, ClassLayout, get_architecture
 from porting.errors import PortError
-from porting.onnx.engines import ENGINES, Engine
-from porting.onnx.graph import ExportedGraph, PoolFinding, check_average_pools, read_exported
+from porting.onnx.engines import ENGINES, Engine, stoppable_runner
+from porting.onnx.graph import (ExportedGraph, PoolFinding, check_average_pools, check_sizes,
+                                read_exported)
 from porting.verify.parity import Parity
 from porting.verify.reference import OpenedReference
 from porting.verify.report import Report, Verification
@@ -115,16 +119,18 @@ class OnnxSubject:
     skipped_engines: dict[str, str]
     pools: int
     pool_findings: list[PoolFinding]
+    engine_logs: bool = False   # let the engines log to stderr (the CLI's --debug)
 
     @classmethod
-    def open(cls, request: VerifyRequest) -> "OnnxSubject":
-        """PortError naming the file if it is no graph of this tool, or naming a requested
-        engine that is not installed."""
+    def open(cls, request: VerifyRequest, engine_logs: bool = False) -> "OnnxSubject":
+        """PortError naming the file if it is no graph of this tool or fails a static check,
+        or naming a requested engine that is not installed."""
         graph = read_exported(request.weights)
+        check_sizes(graph, BATCH)
         spec = get_architecture(graph.architecture)
         engines, skipped = _engines(request)
         pools, findings = check_average_pools(graph.model)
-        return cls(request, graph, spec, engines, skipped, pools, findings)
+        return cls(request, graph, spec, engines, skipped, pools, findings, engine_logs)
 
     @property
     def num_classes(self) -> int:
@@ -151,8 +157,8 @@ class OnnxSubject:
     def runs(self, images: int) -> list[Run]:
         runs = []
         for engine in self.engines:
-            runner = functools.cache(lambda engine=engine: _nhwc_runner(
-                engine.load(self.request.weights)))  # loaded once for its runs
+            runner = functools.cache(lambda engine=engine: _nhwc_runner(stoppable_runner(
+                engine, self.graph.path, self.graph.payload, self.engine_logs)))  # loaded once
             runs += [Run(f"{engine.label()}, batch {batch}", batch, runner)
                      for batch in self.batches(images)]
         return runs
