@@ -509,9 +509,15 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     """
     from pathlib import Path
 
-    from porting.files import check_target, write_json
+    from porting.files import check_folder, check_target, write_json
     from porting.verify.request import UsageProblem, VerifyRequest
     from porting.verify.run import run
+
+    named = {"--src": src, "--weights": weights, "--goldens": goldens, "--images": images_dir,
+             "--record-goldens": record_goldens, "--json": json_path}
+    for option, value in named.items():
+        if value == "":  # Path("") is ".": an empty name would mean the working folder
+            raise click.UsageError(f"{option} '': give a file name")
 
     def path(value):
         return None if value is None else Path(value)
@@ -519,13 +525,15 @@ def verify(src, weights, goldens, images_dir, count, float64, gradients, label, 
     request = VerifyRequest(
         weights=path(weights), src=path(src), goldens=path(goldens), images_dir=path(images_dir),
         image_count=count, float64=float64, gradients=gradients, label=label, ema=ema,
-        record_goldens=path(record_goldens), arch=arch, engines=engines or None)
+        record_goldens=path(record_goldens), arch=arch, engines=engines or None,
+        json_report=path(json_path))
     try:
         request.check()
     except UsageProblem as err:
         raise click.UsageError(str(err)) from err
-    if json_path:  # refused before any work, and again when written
+    if json_path:  # refused before any work (the manifest untouched), and again when written
         check_target(Path(json_path), request.inputs())
+        check_folder(Path(json_path))
     report = run(request, _open_weights, progress=_progress_line)
     if report.compared:
         click.echo("\n".join(report.table()))
@@ -642,8 +650,10 @@ def _describe_skipped(skipped: dict[str, str], verbose: bool) -> str:
 
 
 class Terminated(BaseException):
-    """SIGTERM or SIGHUP (``timeout``, CI cancellation, ``docker stop``, a closed terminal):
-    unwinds like Ctrl-C, so every staged output and unpacked archive is removed on the way."""
+    """SIGINT, SIGTERM or SIGHUP (Ctrl-C, ``timeout``, CI cancellation, ``docker stop``, a
+    closed terminal): unwinds past every handler of errors, so every staged output and
+    unpacked archive is removed on the way, and the command exits with 128 + the signal's
+    number (not click's "Aborted!" and exit 1 for Ctrl-C)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
@@ -657,21 +667,23 @@ def _terminate(signum, frame):
 def run() -> None:
     """The console script: ``main``, then a fast exit.
 
-    SIGTERM and SIGHUP clean up as Ctrl-C does and exit with 128 + the signal's number. With
-    TensorFlow (``--reader tf``) or torch (verify, predict) loaded, the interpreter's own
-    teardown takes ~0.4 s on our 2-core machines. Every file is written, fsynced and closed
-    before ``main`` returns, so after flushing stdout and stderr nothing is left for it to do.
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP clean up and exit with 128 + the signal's number, one
+    line on stderr. With TensorFlow (``--reader tf``) or torch (verify, predict) loaded, the
+    interpreter's own teardown takes ~0.4 s on our 2-core machines. Every file is written,
+    fsynced and closed before ``main`` returns, so after flushing stdout and stderr nothing is
+    left for it to do.
     """
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
     try:
         main()
     except SystemExit as done:
         code = done.code
-    except Terminated as stop:
-        print(f"interrupted by {signal.Signals(stop.signum).name}; outputs left unwritten",
+    except (Terminated, KeyboardInterrupt) as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}; outputs left unwritten",
               file=sys.stderr)
-        code = 128 + stop.signum
+        code = 128 + signum
     else:
         code = 0
     if isinstance(code, str):  # sys.exit("message") convention

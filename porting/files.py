@@ -6,8 +6,14 @@
   which another PID namespace sharing the folder (containers sharing /tmp) cannot see;
 - a target that resolves to an input of the command (the weights being verified, the goldens
   being read, a checkpoint file) is refused, and so is an existing target that is not a regular
-  file: a symbolic link, a folder, a socket. A character device or a pipe (``/dev/stdout``,
-  ``/dev/null``) is a stream: written through, never replaced;
+  file: a symbolic link, a folder, a socket. A character device or a pipe (``/dev/null``) that
+  the user names is a stream: written through, never replaced, and so is a name of one of the
+  process's own descriptors (``/dev/stdout``, ``/dev/fd/3``), whatever it is open on (a file
+  the shell redirected stdout to: written at the descriptor's position, never truncated);
+- a name the tool derives (the hashed weights ``NAME-<sha256[:8]>.pth``, their manifest and
+  card, an ONNX graph) is never a stream or a link: only a regular file is replaced there
+  (``check_derived``; ``Outputs.check(path, derived=True)``);
+- two outputs of one command never name the same file (``same_file``);
 - ``Outputs`` makes a command's outputs appear together or not at all: all are staged first,
   then renamed in the order staged (weights last), and a failure removes what was renamed;
 - one error line naming the file when the disk says no.
@@ -22,12 +28,14 @@ Also the sha256 of a file, which manifests, goldens and downloads record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import re
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,23 +231,101 @@ def is_stream(path: Path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
+_DESCRIPTOR_NAME = re.compile(r"/dev/(stdout|stderr|fd/(\d+))|/proc/self/fd/(\d+)")
+
+
+def descriptor_of(path: Path) -> int | None:
+    """The descriptor of this process that ``path`` names (``/dev/stdout`` 1, ``/dev/stderr`` 2,
+    ``/dev/fd/N`` and ``/proc/self/fd/N`` N), None for any other name. Such a name is written
+    through to the descriptor itself (``write_through``): opening it anew would truncate a
+    file the shell redirected stdout to, and write over what was printed before."""
+    match = _DESCRIPTOR_NAME.fullmatch(os.path.normpath(str(path)))
+    if match is None:
+        return None
+    name, fd, proc_fd = match.groups()
+    return {"stdout": 1, "stderr": 2}.get(name) or int(fd or proc_fd)
+
+
+def written_through(path: Path) -> bool:
+    """Whether an output at ``path`` is written through (a stream or a descriptor's name), not
+    staged and renamed into place."""
+    return descriptor_of(path) is not None or is_stream(path)
+
+
+def write_through(path: Path, payload: bytes) -> None:
+    """``payload`` into the stream or descriptor ``path`` names (``written_through``); OSError
+    as the system gives it."""
+    fd = descriptor_of(path)
+    if fd is None:
+        with open(path, "wb") as stream:
+            stream.write(payload)
+        return
+    for printed in (sys.stdout, sys.stderr):  # what was printed before comes first
+        with contextlib.suppress(Exception):
+            printed.flush()
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: the same path once links are resolved (whether or
+    not it exists yet), or two links of one existing file."""
+    a, b = Path(a), Path(b)
+    with contextlib.suppress(OSError):
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    return False
+
+
 def check_target(path: Path, inputs=()) -> None:
     """PortError unless ``path`` may be written: not an input of the command, and either new,
-    a regular file (replaced whole), or a stream (written through)."""
+    a regular file (replaced whole), or a stream or descriptor (written through)."""
     path = Path(path)
     if str(path) == "" or path.name in ("", ".", ".."):
         raise PortError(f"{str(path)!r}: not a file name")
     for given in inputs:
-        given = Path(given)
-        with contextlib.suppress(OSError):
-            if path.resolve() == given.resolve() or (path.exists() and os.path.samefile(path, given)):
-                raise PortError(f"{path}: refused: it is {given}, an input of this command")
-    if is_stream(path):
+        if same_file(path, given):
+            raise PortError(f"{path}: refused: it is {given}, an input of this command")
+    if written_through(path):
         return
     if path.is_symlink():
         raise PortError(f"{path}: refused: a symbolic link (give its target, or another name)")
     if path.exists() and not path.is_file():
         raise PortError(f"{path}: refused: exists and is not a regular file")
+
+
+def check_derived(path: Path) -> None:
+    """PortError unless ``path``, a name the tool derives (``NAME-<sha256[:8]>.pth``, its
+    manifest and card, an ONNX graph), is absent or a regular file: unlike a name the user
+    gives, it is never a link (followed, or replaced) nor a stream or device (written
+    through, or replaced). Checked without following links."""
+    try:
+        mode = os.stat(path, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise cannot_write(path, err) from err
+    if stat.S_ISREG(mode):
+        return
+    what = "a symbolic link" if stat.S_ISLNK(mode) else _kind(mode)
+    raise PortError(f"{path}: refused: {what} at a name this tool derives, where it writes only "
+                    "regular files; remove it")
+
+
+def check_folder(path: Path) -> None:
+    """PortError (``cannot_write``) unless the folder of ``path`` exists, for an output whose
+    folder nothing creates (verify's report and goldens): refused before any work, not after."""
+    path = Path(path)
+    if written_through(path):
+        return
+    try:
+        mode = os.stat(path.parent).st_mode
+    except OSError as err:
+        raise cannot_write(path, err) from err
+    if not stat.S_ISDIR(mode):
+        raise cannot_write(path, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
 
 
 @dataclass
@@ -256,8 +342,15 @@ class Outputs:
     Use as a context manager: anything not committed when the block ends is removed."""
     inputs: tuple = ()
     _staged: list = field(default_factory=list)
+    _derived: set = field(default_factory=set)  # paths checked as derived names
 
-    def check(self, path: Path) -> None:
+    def check(self, path: Path, derived: bool = False) -> None:
+        """``check_target``; with ``derived`` (a name the tool derives) ``check_derived`` first,
+        and the path is held to that rule whenever it is staged or committed."""
+        if derived:
+            self._derived.add(Path(path))
+        if Path(path) in self._derived:
+            check_derived(path)
         check_target(path, self.inputs)
 
     @contextlib.contextmanager
@@ -280,10 +373,11 @@ class Outputs:
         except OSError as err:
             raise cannot_write(staged.path, err) from err
 
-    def add(self, path: Path, payload: bytes) -> None:
-        """Stage ``payload`` for ``path`` (a stream gets it at commit)."""
-        self.check(path)
-        if is_stream(path):
+    def add(self, path: Path, payload: bytes, derived: bool = False) -> None:
+        """Stage ``payload`` for ``path`` (a stream gets it at commit); ``derived``: see
+        ``check``."""
+        self.check(path, derived)
+        if written_through(path):  # never a derived name: check_derived refused it
             self._staged.append(_Staged(path, None, payload))
             return
         with self.stream_into(path) as staged:
@@ -306,8 +400,7 @@ class Outputs:
             for staged in self._staged:
                 self.check(staged.path)  # still not an input, a link or a folder
                 if staged.tmp is None:
-                    with open(staged.path, "wb") as stream:
-                        stream.write(staged.payload)
+                    write_through(staged.path, staged.payload)
                 else:
                     move_into_place(staged.tmp, staged.path)
                     done.append(staged.path)

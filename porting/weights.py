@@ -10,13 +10,15 @@ from torch import nn
 from models.loading import model_for_state_dict
 from models.spec import UnknownArchitecture
 from porting.errors import PortError
+from porting.files import check_input, open_input
 
 
 def load_ported(path: str | Path) -> nn.Module:
     """The eval-mode model (architecture, classes, aux head, folding) the file's state dict fits.
 
     ``.pth`` files load with ``weights_only=True`` (a weights file must never run code on load);
-    ``.safetensors`` files with safetensors.
+    ``.safetensors`` files with safetensors. Either must be a regular file (``porting.files``'
+    input rule: a pipe or a device is refused, not read).
     """
     from safetensors.torch import load_file
 
@@ -25,11 +27,12 @@ def load_ported(path: str | Path) -> nn.Module:
         with warnings.catch_warnings():  # the one error line below says what went wrong
             warnings.simplefilter("ignore")
             if path.suffix == ".safetensors":
-                state_dict = load_file(path)
+                state_dict = load_file(check_input(path, "weights file"))
             else:
-                state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise PortError(f"{path}: no such weights file") from err
+                with open_input(path, "weights file") as file:
+                    state_dict = torch.load(file, map_location="cpu", weights_only=True)
+    except PortError:
+        raise
     except Exception as err:  # torch and safetensors raise many kinds for a damaged file
         raise PortError(f"{path}: not a PyTorch weights file ({type(err).__name__})") from err
     if not isinstance(state_dict, dict) or not all(

@@ -103,7 +103,8 @@ def _damaged_goldens(case: Path, ckpt: Path) -> list:
         f["inputs"] = np.zeros((1, 8, 8), np.float32)  # not [N, 299, 299, 3]
     assert CliRunner().invoke(main, ["--src", str(ckpt), "--dst", str(case / "w.pth")]).exit_code == 0
     (weights,) = case.glob("w-*.pth")
-    return ["verify", "--goldens", goldens, "--weights", weights, "--json", case / "out" / "r.json"]
+    # the report's folder exists: a missing one is refused first (issue 19, defect 15)
+    return ["verify", "--goldens", goldens, "--weights", weights, "--json", case / "r.json"]
 
 
 def _json_over_the_index(case: Path, ckpt: Path) -> list:
@@ -119,6 +120,49 @@ def _gzip_garbage_src(case: Path, ckpt: Path) -> list:
     return ["inspect", archive]
 
 
+def _ported(case: Path, ckpt: Path) -> Path:
+    from click.testing import CliRunner
+
+    from porting.cli import main
+
+    assert CliRunner().invoke(main, ["--src", str(ckpt), "--dst", str(case / "w.pth")]).exit_code == 0
+    (weights,) = case.glob("w-*.pth")
+    return weights
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def _photo(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(path)
+    return path
+
+
+def _fifo_weights(case: Path, ckpt: Path) -> list:
+    return ["verify", "--goldens", case / "g.h5", "--weights", _fifo(case / "w.pth")]
+
+
+def _weights_to_dev_zero(case: Path, ckpt: Path) -> list:
+    (case / "w.pth").symlink_to("/dev/zero")
+    return ["verify", "--goldens", case / "g.h5", "--weights", case / "w.pth"]
+
+
+def _fifo_goldens(case: Path, ckpt: Path) -> list:
+    return ["verify", "--goldens", _fifo(case / "g.h5"), "--weights", _ported(case, ckpt)]
+
+
+def _fifo_export_weights(case: Path, ckpt: Path) -> list:
+    return ["export", "--weights", _fifo(case / "w.pth"), "--dst", case / "out" / "g.onnx"]
+
+
+def _fifo_predict_weights(case: Path, ckpt: Path) -> list:
+    return ["predict", _fifo(case / "w.pth"), _photo(case / "a.png")]
+
+
 CASES = {  # case -> (builder, what the one error line says)
     "archive unpacking to 40 MiB of zeros": (_zero_bomb, "refused"),
     "archive with 80 members": (_many_members, "members"),
@@ -131,6 +175,13 @@ CASES = {  # case -> (builder, what the one error line says)
     "--dst ''": (_empty_dst, "--dst needs a file name"),
     "goldens of the wrong shape": (_damaged_goldens, "goldens.h5"),
     "--json over the checkpoint's index": (_json_over_the_index, "an input of this command"),
+    # issue 19, defect 10: each of these blocked on 43960f2 (or read /dev/zero as weights); an
+    # .onnx and images: test_onnx_hostile, test_images_hostile
+    "verify --weights that is a FIFO": (_fifo_weights, "w.pth: refused as weights file: a pipe"),
+    "verify --weights linked to /dev/zero": (_weights_to_dev_zero, "a character device"),
+    "verify --goldens that is a FIFO": (_fifo_goldens, "g.h5: refused as golden file: a pipe"),
+    "export --weights that is a FIFO": (_fifo_export_weights, "w.pth: refused as weights file"),
+    "predict weights that are a FIFO": (_fifo_predict_weights, "w.pth: refused as weights file"),
 }
 
 

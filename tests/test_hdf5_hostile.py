@@ -330,7 +330,7 @@ def test_golden_with_a_damaged_chunk_is_one_line_at_reading(golden, verify_with_
     path = tmp_path / "goldens.h5"
     golden(path)
     _corrupt_chunk(path, "end_points/Logits")
-    opened = Goldens(path)  # opening reads the inputs only
+    opened = Goldens(path)  # opening reads metadata and names only
     try:
         assert opened.reference(0, 1)["Logits"].shape == (1, 1001)
         with pytest.raises(PortError, match=f"^{path}: cannot read end_points/Logits of "
@@ -345,14 +345,27 @@ def test_golden_with_a_damaged_chunk_is_one_line_at_reading(golden, verify_with_
     assert len(result.stderr.splitlines()) == 1 and left == []
 
 
-def test_golden_with_damaged_inputs_is_one_line_at_open(golden, tmp_path):
+def test_golden_with_damaged_inputs_is_one_line_when_read(golden, verify_with_model, tmp_path):
+    """Inputs are read as they are compared, a batch at a time (issue 19, defect 7): a damaged
+    chunk is one line naming the file and the images, met when they are read."""
     from porting.verify.goldens import Goldens
 
     path = tmp_path / "goldens.h5"
     golden(path)
     _corrupt_chunk(path, "inputs")
-    with pytest.raises(PortError, match=f"^{path}: not a readable golden file \\(OSError: "):
-        Goldens(path)
+    opened = Goldens(path)
+    try:
+        assert opened.images[0:1].shape == (1, 299, 299, 3)
+        with pytest.raises(PortError, match=f"^{path}: cannot read inputs of images 1..1 "
+                                            "\\(OSError: "):
+            opened.images[1:2]
+    finally:
+        opened.close()
+    result, left = verify_with_model(path, tmp_path)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(f"error: {path}: cannot read inputs of images 0..1 ("), \
+        result.stderr
+    assert len(result.stderr.splitlines()) == 1 and left == []
 
 
 @pytest.mark.parametrize("case", ["external raw storage", "virtual dataset", "external link",

@@ -12,22 +12,42 @@ Layout (format ``tf-porting-goldens/1``):
            dtype, architecture (absent in files recorded before there were several: Inception
            v3), tensorflow, tf_slim, keras (versions that computed the end points)
 Datasets are chunked per image and gzip-compressed (ReLU maps hold many zeros).
+
+Reading one is bounded by what is compared, not by what the file declares: only the first
+``--count`` images and the end points compared are read, a batch at a time, and what a file may
+declare is checked against budgets (``MAX_IMAGES``, ``IMAGE_BYTES``, chunks of one image) on its
+metadata, before any data is read.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from porting.errors import PortError, first_line
-from porting.files import cannot_write, move_into_place, release, temporary_beside
+from porting.errors import PortError, escaped, first_line
+from porting.files import (check_input, discard_temporary, move_into_place, release,
+                           temporary_beside)
 from porting.read.h5safety import check_self_contained, shown
 
 FORMAT = "tf-porting-goldens/1"
+# What a golden file may declare, checked on its metadata before anything is read: at most
+# MAX_IMAGES images (the recorder holds them all in memory, ~1 MB each), and at most IMAGE_BYTES
+# per image of what verify reads (its input and the end points compared: ResNet-152 v2's input and
+# 56 end points take 189 MiB per image in float64, the most of any architecture), each chunked
+# by image, as the recorder writes it (HDF5 decompresses whole chunks), names of at most
+# NAME_BYTES when of a fixed length.
+MAX_IMAGES = 10_000
+IMAGE_BYTES = 256 << 20
+NAME_BYTES = 4096
+
+# What h5py raises when the disk says no: OSError, or RuntimeError when HDF5 flushes on close
+# (a file size limit: "unable to extend file properly")
+_H5_WRITE_FAILURES = (OSError, RuntimeError)
 
 # (start, stop) -> TF-Slim's end points for images[start:stop]
 Reference = Callable[[int, int], dict]
@@ -52,10 +72,13 @@ class GoldenRecorder:
         import h5py
 
         self.path = Path(path)
+        if len(inputs) > MAX_IMAGES:
+            raise PortError(f"{self.path}: {len(inputs):,} images; a golden file holds at most "
+                            f"{MAX_IMAGES:,}")
         try:
             fd, self._tmp = temporary_beside(self.path)
         except OSError as err:
-            raise cannot_write(self.path, err) from err
+            raise self._cannot_write(err) from err
         os.close(fd)  # h5py opens it by name, and HDF5 takes the file's flock while it writes:
         release(self._tmp)  # that lock marks it as ours from here on (see porting.files)
         self._file = None
@@ -70,8 +93,8 @@ class GoldenRecorder:
             self._file["image_names"] = np.array(names, dtype=h5py.string_dtype())
         except BaseException as err:
             self.abandon()
-            if isinstance(err, OSError):  # disk full, no permission: h5py's errors are OSErrors
-                raise cannot_write(self.path, err) from err
+            if isinstance(err, _H5_WRITE_FAILURES):  # disk full, no permission
+                raise self._cannot_write(err) from err
             raise
         self._count = len(inputs)
 
@@ -89,8 +112,8 @@ class GoldenRecorder:
                     if key not in self._file:
                         self._dataset(key, (self._count, *value.shape[1:]), value.dtype)
                     self._file[key][start:stop] = value
-            except OSError as err:  # the caller abandons the recording
-                raise cannot_write(self.path, err) from err
+            except _H5_WRITE_FAILURES as err:  # the caller abandons the recording
+                raise self._cannot_write(err) from err
             return outputs
         return record
 
@@ -100,19 +123,29 @@ class GoldenRecorder:
         try:
             self._file.close()
             move_into_place(self._tmp, self.path)
-        except OSError as err:
-            self._tmp.unlink(missing_ok=True)
-            raise cannot_write(self.path, err) from err
+        except _H5_WRITE_FAILURES as err:
+            discard_temporary(self._tmp)
+            raise self._cannot_write(err) from err
         return self.path
+
+    def _cannot_write(self, err: Exception) -> PortError:
+        """``PATH: cannot write: REASON``, one line naming the golden file: HDF5's errors run
+        to several lines naming the temporary file, with the system's reason inside."""
+        found = re.search(r"error message = '([^'\n]*)'", str(err))
+        text = found.group(1) if found else (getattr(err, "strerror", None) or str(err))
+        reason = escaped(text.strip().splitlines()[0] if text.strip() else type(err).__name__)
+        if getattr(self, "_tmp", None) is not None:
+            reason = reason.replace(str(self._tmp), str(self.path))
+        return PortError(f"{self.path}: cannot write: {reason}")
 
     def abandon(self) -> None:
         try:
             if self._file is not None:
                 self._file.close()
-        except OSError:
+        except _H5_WRITE_FAILURES:  # flushing on close, e.g. to a full disk
             pass  # the file is going anyway
         finally:
-            self._tmp.unlink(missing_ok=True)
+            discard_temporary(self._tmp)
 
 
 def _versions() -> dict[str, str]:
@@ -147,13 +180,19 @@ class Goldens:
     Opening checks, before reading any data, that the file keeps its data to itself
     (``porting.read.h5safety``), then that the layout is the recorder's: ``inputs`` [N, H, W, 3] in
     the recorded dtype (H and W the architecture's input size), N image names, and end points
-    (``Logits`` among them) with N rows each, the class scores [N, num_classes]. Any failure,
-    including a damaged chunk met later by ``reference``, is a PortError naming the file."""
+    (``Logits`` among them) with N rows each, the class scores [N, num_classes]; and that what
+    verify will read fits the budgets (``MAX_IMAGES``, ``IMAGE_BYTES``, chunks of one image).
+    Only the first ``count`` images (default all) are read, and of the end points only those
+    of the architecture in ``end_points`` (default all of them): ``images`` reads the inputs a
+    slice at a time (``inputs``: all ``count`` of them at once), ``reference`` the end points. Any failure, including a damaged chunk met
+    later, is a PortError naming the file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, count: int | None = None,
+                 end_points: tuple[str, ...] | None = None):
         import h5py
 
         self.path = Path(path)
+        check_input(self.path, "golden file")  # a pipe or a device is refused, not opened
         try:
             self._file = h5py.File(self.path, "r")
         except FileNotFoundError as err:
@@ -162,7 +201,7 @@ class Goldens:
             raise PortError(f"{self.path}: not an HDF5 golden file") from err
         try:
             check_self_contained(self.path, self._file)  # before any data is read
-            self._read()
+            self._read(count, end_points)
         except BaseException as err:
             self._file.close()
             if isinstance(err, _H5_FAILURES):  # damaged or foreign
@@ -170,7 +209,9 @@ class Goldens:
                                 f"({type(err).__name__}: {shown(first_line(err))})") from err
             raise
 
-    def _read(self) -> None:
+    def _read(self, count: int | None, wanted: tuple[str, ...] | None) -> None:
+        from models.spec import get_architecture
+
         attrs = self._file.attrs
         if attrs.get("format") != FORMAT:
             raise PortError(f"{self.path}: not a golden file of this tool (format {FORMAT})")
@@ -182,14 +223,23 @@ class Goldens:
                                  int(attrs["num_classes"]), bool(attrs["aux"]), bool(attrs["ema"]),
                                  str(attrs["dtype"]),
                                  str(attrs.get("architecture", _ARCHITECTURE_BEFORE_THE_ATTRIBUTE)))
-        count = self._check_layout()
-        self.inputs = self._file["inputs"][...]
-        self.names = [n.decode() if isinstance(n, bytes) else str(n)
-                      for n in self._file["image_names"][...]]
-        self.end_points = tuple(_name(key) for key in self._file["end_points"])
-        if len(self.inputs) != count or len(self.names) != count:
-            raise PortError(f"{self.path}: damaged golden file: read {len(self.inputs)} inputs "
-                            f"and {len(self.names)} names of {count}")
+        declared = self._check_layout()
+        spec = get_architecture(self.source.architecture)
+        wanted = spec.end_points if wanted is None else wanted
+        self.end_points = tuple(name for name in spec.end_points
+                                if name in wanted and _key(name) in self._file["end_points"])
+        self._check_budget(declared)
+        count = declared if count is None else min(count, declared)
+        self.images = GoldenImages(self, self._file["inputs"], count)
+        names = self._file["image_names"]
+        try:
+            self.names = [n.decode() if isinstance(n, bytes) else str(n)
+                          for n in names[:count]]
+        except _H5_FAILURES as err:
+            raise self._unreadable("image_names", 0, count, err) from err
+        if len(self.names) != count:
+            raise PortError(f"{self.path}: damaged golden file: read {len(self.names)} names "
+                            f"of {count}")
 
     def _check_layout(self) -> int:
         """N, the number of images; PortError naming the file and the dataset if a dataset's
@@ -220,10 +270,17 @@ class Goldens:
             raise PortError(f"{self.path}: inputs are {_described(inputs)}; a golden file of "
                             f"{spec.title} holds [N, {size}, {size}, 3] {source.dtype} images")
         count = inputs.shape[0]
+        if count > MAX_IMAGES:
+            raise PortError(f"{self.path}: declares {count:,} images; a golden file holds at "
+                            f"most {MAX_IMAGES:,}")
         names = file["image_names"]
-        if names.shape != (count,) or h5py.check_string_dtype(names.dtype) is None:
+        length = h5py.check_string_dtype(names.dtype)
+        if names.shape != (count,) or length is None:
             raise PortError(f"{self.path}: image_names are {_described(names)}; expected "
                             f"[{count}] strings, one per input")
+        if length.length is not None and length.length > NAME_BYTES:
+            raise PortError(f"{self.path}: image_names are strings of {length.length:,} bytes; "
+                            f"at most {NAME_BYTES:,} are read")
         group = file["end_points"]
         if _key("Logits") not in group:
             raise PortError(f"{self.path}: incomplete golden file: no end point 'Logits'")
@@ -241,6 +298,29 @@ class Goldens:
                                 f"[{count}, {source.num_classes}] class scores")
         return count
 
+    def _check_budget(self, count: int) -> None:
+        """PortError if what verify reads per image (the input and the end points compared)
+        exceeds ``IMAGE_BYTES``, or a dataset it reads is chunked by more than one image: the
+        declared shapes and chunks (metadata) against the budget, before anything is read."""
+        read = [("inputs", self._file["inputs"])] + [
+            (f"end_points/{shown(_key(name))}", self._file["end_points"][_key(name)])
+            for name in self.end_points]
+        per_image = 0
+        for where, dataset in read:
+            row = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=object))
+            per_image += row
+            if dataset.chunks is not None and dataset.chunks[0] != 1:
+                raise PortError(f"{self.path}: {where} is chunked by {dataset.chunks[0]:,} "
+                                "images; golden files are chunked by image")
+        if per_image > IMAGE_BYTES:
+            raise PortError(f"{self.path}: declares {per_image:,} bytes per image of inputs "
+                            f"and end points; at most {IMAGE_BYTES:,} are read")
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """The first ``count`` inputs, read now, all at once (``images`` reads them by slices)."""
+        return self.images[:]
+
     def reference(self, start: int, stop: int) -> dict:
         """TF's end points for images[start:stop]; PortError naming the file and the dataset
         if HDF5 cannot read them (a damaged chunk, a missing filter)."""
@@ -249,13 +329,42 @@ class Goldens:
             try:
                 outputs[name] = self._file["end_points"][_key(name)][start:stop]
             except _H5_FAILURES as err:
-                raise PortError(f"{self.path}: cannot read end_points/{shown(name)} of images "
-                                f"{start}..{stop - 1} ({type(err).__name__}: "
-                                f"{shown(first_line(err))})") from err
+                raise self._unreadable(f"end_points/{shown(name)}", start, stop, err) from err
         return outputs
+
+    def _unreadable(self, where: str, start: int, stop: int, err: Exception) -> PortError:
+        return PortError(f"{self.path}: cannot read {where} of images {start}..{stop - 1} "
+                         f"({type(err).__name__}: {shown(first_line(err))})")
 
     def close(self) -> None:
         self._file.close()
+
+
+class GoldenImages:
+    """The first ``count`` inputs of a golden file, read only when sliced (as numpy):
+    ``len``, ``shape``, ``dtype`` and ``images[start:stop]``, what a verification asks of
+    its images."""
+
+    def __init__(self, goldens: Goldens, dataset, count: int):
+        self._goldens, self._dataset, self._count = goldens, dataset, count
+        self.shape = (count, *dataset.shape[1:])
+        self.dtype = dataset.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("golden images are read by contiguous slices")
+        start, stop, _ = index.indices(self._count)
+        try:
+            return self._dataset[start:max(start, stop)]
+        except _H5_FAILURES as err:
+            raise self._goldens._unreadable("inputs", start, stop, err) from err
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # all ``count`` of them
+        return np.asarray(self[:], dtype=dtype)
 
 
 def _described(dataset) -> str:

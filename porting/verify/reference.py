@@ -12,7 +12,7 @@ import numpy as np
 
 from models.spec import Architecture, ClassLayout, get_architecture
 from porting.errors import PortError
-from porting.verify.goldens import GoldenRecorder, Goldens, Reference, SourceInfo
+from porting.verify.goldens import GoldenImages, GoldenRecorder, Goldens, Reference, SourceInfo
 from porting.verify.request import VerifyRequest
 
 
@@ -37,16 +37,20 @@ class OpenedReference:
     """What a verification compares with: the source facts, the input images and their names,
     the reference's end points by image range, and what it is, in words."""
     source: SourceInfo
-    images: np.ndarray
+    images: np.ndarray | GoldenImages     # golden files' are read a slice at a time
     names: list[str]
     reference: Reference
     described: str
     tf_model: object | None = None        # the TF oracle (--src), for --gradients
     recorder: GoldenRecorder | None = None
+    replayable: bool = False              # reading the reference again costs no computation
 
     def computed_once(self, batch_size: int) -> Reference:
         """``reference`` computed once over all images (``batch_size`` at a time), then served
-        by slices: for a subject that runs the images more than once."""
+        by slices: for a subject that runs the images more than once. A replayable reference
+        (a golden file) is read again instead, a slice at a time, never whole."""
+        if self.replayable:
+            return self.reference
         count = len(self.images)
         chunks = [self.reference(start, min(start + batch_size, count))
                   for start in range(0, count, batch_size)]
@@ -67,16 +71,15 @@ def open_reference(request: VerifyRequest, dtype: str, stack: contextlib.ExitSta
     of the architecture's; all of them when recording goldens), kept open on ``stack``."""
     from porting.verify.photos import load_photos
 
-    if request.goldens is not None:
-        goldens = Goldens(request.goldens)
+    if request.goldens is not None:  # read lazily: only the images and end points compared
+        goldens = Goldens(request.goldens, request.image_count, end_points)
         stack.callback(goldens.close)
         source = goldens.source
         if source.dtype != dtype:
             raise PortError(f"{request.goldens}: recorded in {source.dtype}; verify with"
                             f"{' --float64' if source.dtype == 'float64' else 'out --float64'}")
-        return OpenedReference(source, goldens.inputs[:request.image_count],
-                               goldens.names[:request.image_count], goldens.reference,
-                               f"goldens {request.goldens}")
+        return OpenedReference(source, goldens.images, goldens.names, goldens.reference,
+                               f"goldens {request.goldens}", replayable=True)
     source, tf_model, spec = _checkpoint_source(request, dtype, stack)
     names, images = load_photos(request.image_count, request.images_dir, config=spec.eval)
     images = images.astype(dtype)

@@ -3,10 +3,12 @@ before any file is read."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 from porting.errors import PortError
+from porting.files import same_file
 
 
 class UsageProblem(PortError):
@@ -28,6 +30,13 @@ class VerifyRequest:
     arch: str | None = None           # force the checkpoint's architecture
     batch_size: int = 2
     engines: tuple[str, ...] | None = None  # an .onnx file: where to run it (default: all)
+    json_report: Path | None = None   # the report as JSON, written by the command line
+
+    def outputs(self) -> dict[str, Path]:
+        """The files this request writes, by option (the manifest and card beside the weights
+        are inputs it updates, not outputs)."""
+        named = {"--record-goldens": self.record_goldens, "--json": self.json_report}
+        return {option: path for option, path in named.items() if path is not None}
 
     def inputs(self) -> tuple[Path, ...]:
         """The files this request reads, which no output of it may replace: the weights and
@@ -61,6 +70,10 @@ class VerifyRequest:
                                "forward only")
         if self.engines and not self.onnx:
             raise UsageProblem("--engine runs an exported .onnx --weights file")
+        for (first, a), (second, b) in itertools.combinations(self.outputs().items(), 2):
+            if same_file(a, b):
+                raise UsageProblem(f"{first} {a} and {second} {b} name the same file: give "
+                                   "each output its own")
 
     @property
     def onnx(self) -> bool:

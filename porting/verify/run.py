@@ -26,7 +26,7 @@ import numpy as np
 
 from models.spec import Architecture, ClassLayout
 from porting.errors import PortError
-from porting.files import check_target, is_stream
+from porting.files import check_folder, check_target, written_through
 from porting.verify.goldens import Reference
 from porting.verify.parity import Parity, compare, tolerance_for
 from porting.verify.reference import OpenedReference, class_layout, open_reference
@@ -75,10 +75,11 @@ def run(request: VerifyRequest, open_weights: Callable[[VerifyRequest], Subject]
     ``verify`` describes."""
     request.check()
     if request.record_goldens is not None:  # before any work: refused targets fail fast
-        if is_stream(request.record_goldens):
+        if written_through(request.record_goldens):  # a pipe, a device, /dev/stdout
             raise PortError(f"{request.record_goldens}: golden files are HDF5 and cannot be "
                             "streamed; give a file name")
         check_target(request.record_goldens, request.inputs())
+        check_folder(request.record_goldens)
     dtype = "float64" if request.float64 else "float32"
     subject = None if request.weights is None else open_weights(request)
     with contextlib.ExitStack() as stack:

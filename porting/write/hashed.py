@@ -116,9 +116,11 @@ def settle_hashed(outputs: Outputs, dst: Path, sha256: str, size: int, force: bo
     """Where the file with ``sha256`` goes: ``hashed_path(dst, sha256)``, the rule of every
     file named after its contents (weights, ONNX graphs). An identical file already there is
     left as it is (``unchanged``: stage nothing), one with other contents is replaced only with
-    ``force``; the caller stages the file under ``Written.path`` otherwise."""
+    ``force``; the caller stages the file under ``Written.path`` otherwise. A derived name:
+    a link, a stream or a device there is refused (``porting.files.check_derived``), never
+    followed, written through or replaced."""
     final = hashed_path(dst, sha256)
-    outputs.check(final)
+    outputs.check(final, derived=True)
     if final.exists():
         if final.is_file() and sha256_file(final) == sha256:
             return Written(final, sha256, unchanged=True, size=size)

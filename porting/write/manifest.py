@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from porting.errors import PortError, first_line
-from porting.files import Outputs, sha256_file
+from porting.files import Outputs, read_input, sha256_file
 from porting.releases.registry import Release, pinned_sha256
 from porting.write.card import model_card
 from porting.write.hashed import exists_with_other_contents
@@ -32,6 +33,9 @@ if TYPE_CHECKING:  # porting.verify.parity imports torch, which a port does with
 
 MANIFEST_VERSION = 1
 TOOL_NAME = "tf-porting"
+# The most of a manifest or card that is read (they list variables: tens of KB); a larger file
+# at a sidecar's name is not one this tool wrote.
+SIDECAR_BYTES = 16 << 20
 
 
 def tool_version() -> str:
@@ -220,11 +224,12 @@ class ManifestError(PortError):
 
 
 def read_manifest(path: Path) -> Manifest:
-    """``Manifest.from_json`` of the file at ``path``; ManifestError if it cannot be read."""
+    """``Manifest.from_json`` of the file at ``path`` (a regular file of at most
+    ``SIDECAR_BYTES``: ``porting.files.read_input``); ManifestError if it cannot be read."""
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ManifestError(path, f"cannot read: {err.strerror or err}") from err
+        data = read_input(path, SIDECAR_BYTES, "manifest")
+    except PortError as err:
+        raise ManifestError(path, "cannot read: " + str(err).removeprefix(f"{path}: ")) from err
     return Manifest.from_json(data, path)
 
 
@@ -387,9 +392,11 @@ def stage_sidecar(outputs: Outputs, path: Path, content: Manifest | str, sha256:
     """Stage a manifest or model card (str) of the weights with ``sha256``. An existing sidecar
     of the same weights is refreshed, the parity ``verify`` recorded in a manifest kept; any
     other file there (edited, or of other weights) is replaced only with ``force``, the
-    weights' rule. Returns what was staged."""
-    outputs.check(path)
-    existing = path.read_bytes() if path.is_file() else None
+    weights' rule. A derived name: a link, stream or device there is refused
+    (``porting.files.check_derived``). Returns what was staged."""
+    outputs.check(path, derived=True)
+    payload = _payload(path, content)
+    existing = _existing_sidecar(path)
     same_weights = False
     if existing is not None:
         if isinstance(content, Manifest):
@@ -400,16 +407,40 @@ def stage_sidecar(outputs: Outputs, path: Path, content: Manifest | str, sha256:
             same_weights = recorded is not None and recorded.output.sha256 == sha256
             if same_weights and recorded.parity:
                 content = content.with_parity(recorded.parity)
+                payload = _payload(path, content)
         else:
             same_weights = f"sha256 `{sha256}`".encode() in existing
-    payload = content.to_json() if isinstance(content, Manifest) else content.encode("utf8")
     if existing is not None:
         if existing == payload:
             return content
         if not (force or same_weights):
             raise exists_with_other_contents(path)
-    outputs.add(path, payload)
+    outputs.add(path, payload, derived=True)
     return content
+
+
+def _payload(path: Path, content: Manifest | str) -> bytes:
+    """The bytes of a sidecar: a manifest's JSON (names not UTF-8 escaped, as JSON can), or a
+    card's UTF-8 text, which cannot hold a file name that is not UTF-8: PortError then."""
+    if isinstance(content, Manifest):
+        return content.to_json()
+    try:
+        return content.encode("utf8")
+    except UnicodeEncodeError as err:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # its bytes, escaped
+        raise PortError(f"{shown}: a model card is UTF-8 text and cannot name a "
+                        "file whose name is not UTF-8; give a UTF-8 name or leave out the "
+                        "card") from err
+
+
+def _existing_sidecar(path: Path) -> bytes | None:
+    """What a regular file at a sidecar's name holds (None: nothing there); a file larger than
+    any sidecar reads as other contents (``b""``): replaced only with --force."""
+    if not path.exists():
+        return None
+    if path.stat().st_size > SIDECAR_BYTES:
+        return b""
+    return read_input(path, SIDECAR_BYTES, "manifest" if path.suffix == ".json" else "card")
 
 
 def record_parity(manifest_path: Path, parity: Parity, reference: str,
@@ -424,9 +455,9 @@ def _record_parity(manifest_path: Path, manifest: Manifest, parity: ParityRecord
                    card_path: Path | None) -> Manifest:
     manifest = manifest.with_parity(parity)
     with Outputs() as outputs:
-        outputs.add(manifest_path, manifest.to_json())
+        outputs.add(manifest_path, manifest.to_json(), derived=True)
         if card_path is not None:
-            outputs.add(card_path, model_card(manifest).encode("utf8"))
+            outputs.add(card_path, _payload(card_path, model_card(manifest)), derived=True)
         outputs.commit()
     return manifest
 
