@@ -149,7 +149,7 @@ def bench(spec, rounds: int, load: bool) -> None:
     for phase, context in phases:
         with context():
             timings = rounds_of(contenders, rounds, batch1, batch8)
-        report(phase, contenders, parity, rounds, *timings)
+        report(phase, contenders, parity, rounds, spec.eval.input_size, *timings)
 
 
 def rounds_of(contenders: dict, rounds: int, batch1, batch8):
@@ -163,11 +163,11 @@ def rounds_of(contenders: dict, rounds: int, batch1, batch8):
     return latencies, batch_times, load_before, os.getloadavg()[0]
 
 
-def report(phase: str, contenders: dict, parity: dict, rounds: int, latencies: dict,
+def report(phase: str, contenders: dict, parity: dict, rounds: int, size: int, latencies: dict,
            batch_times: dict, load_before: float, load_after: float) -> None:
     tf_latency = statistics.median(latencies["TF reference"])
     tf_rate = BATCH / statistics.median(batch_times["TF reference"])
-    print(f"\n--- {phase}: {THREADS} threads, 299x299, {rounds} rounds: "
+    print(f"\n--- {phase}: {THREADS} threads, {size}x{size}, {rounds} rounds: "
           f"{rounds * B1_RUNS_PER_ROUND} batch-1 runs, {rounds} batch-{BATCH} runs each; "
           f"1-min load average {load_before:.1f} before, {load_after:.1f} after "
           f"({os.cpu_count()} CPUs)\n")
