@@ -58,13 +58,29 @@ def conv_bn_factory(fold_bn: bool, device=None, *, eps: float):
     return functools.partial(BasicConv2d, fold_bn=fold_bn, device=device, eps=eps)
 
 
-def aux_logits(x: torch.Tensor, conv_1x1: nn.Module, conv_5x5: nn.Module,
-               classifier: nn.Linear) -> torch.Tensor:
-    """TF-Slim's Inception AuxLogits head: 5x5/3 VALID average pool, 1x1 conv, 5x5 VALID conv,
-    classifier. TF's 5x5 conv takes the pooled map's size as its kernel; with a 5x5 map that is
-    the flatten we do as a spatial mean, which keeps larger inputs running (as timm does)."""
-    x = conv_5x5(conv_1x1(F.avg_pool2d(x, 5, stride=3)))
-    return classifier(x.mean((2, 3)))
+class AuxHead(nn.Module):
+    """TF-Slim's Inception AuxLogits head, which Inception v3, v4 and Inception-ResNet-v2 share:
+    5x5/3 VALID average pool, 1x1 conv (128), 5x5 VALID conv (768), classifier. TF's 5x5 conv
+    takes the pooled map's size as its kernel; with a 5x5 map that is the flatten we do as a
+    spatial mean, which keeps larger inputs running (as timm does).
+
+    ``names``: the attribute names of the 1x1 conv, the 5x5 conv and the classifier, which are
+    the head's state-dict keys in each architecture's layout (timm's names where timm has it).
+    """
+
+    def __init__(self, in_chs: int, num_classes: int, names: tuple[str, str, str],
+                 conv=BasicConv2d, device=None):
+        super().__init__()
+        self.names = names
+        conv_1x1, conv_5x5, classifier = names
+        setattr(self, conv_1x1, conv(in_chs, 128, 1))
+        setattr(self, conv_5x5, conv(128, 768, 5))
+        setattr(self, classifier, nn.Linear(768, num_classes, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv_1x1, conv_5x5, classifier = (getattr(self, name) for name in self.names)
+        x = conv_5x5(conv_1x1(F.avg_pool2d(x, 5, stride=3)))
+        return classifier(x.mean((2, 3)))
 
 
 def tf_same_avg_pool() -> nn.AvgPool2d:

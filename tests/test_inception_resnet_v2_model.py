@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from models.inception_resnet_v2.model import (
-    AuxHead, Block8, Block17, Block35, InceptionResNetV2,
+    Block8, Block17, Block35, InceptionResNetV2,
 )
 from models.inception_resnet_v2.spec import SPEC
-from models.layers import BasicConv2d
+from models.layers import AuxHead, BasicConv2d
 
 TIMM_KEYS = Path(__file__).parent / "data" / "timm_inception_resnet_v2_keys.json"
 VARIANTS = [(classes, aux, fold) for classes in (1000, 1001) for aux in (True, False)

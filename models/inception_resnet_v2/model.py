@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.inception_resnet_v2.spec import BN_EPS
-from models.layers import (BasicConv2d, aux_logits, conv_bn_factory, inception_stem,
+from models.layers import (AuxHead, BasicConv2d, conv_bn_factory, inception_stem,
                            max_pool_3x3_s2, tf_same_avg_pool)
 
 class Mixed5b(nn.Module):
@@ -156,22 +156,6 @@ class Block8(_Residual):
         return [self.branch0(x), self.branch1(x)]
 
 
-class AuxHead(nn.Module):
-    """AuxLogits on PreAuxLogits: avgpool 5x5/3 VALID -> 1x1 (128) -> 5x5 VALID (768) -> fc.
-
-    TF-Slim's graph when the pooled map is 5x5 (inputs 299..346 px); see the module docstring.
-    """
-
-    def __init__(self, num_classes: int, conv=BasicConv2d, device=None):
-        super().__init__()
-        self.conv2d_1b = conv(1088, 128, 1)
-        self.conv2d_2a = conv(128, 768, 5)
-        self.classif = nn.Linear(768, num_classes, device=device)
-
-    def forward(self, x):
-        return aux_logits(x, self.conv2d_1b, self.conv2d_2a, self.classif)
-
-
 class InceptionResNetV2(nn.Module):
     """TF-Slim Inception-ResNet-v2 for inference; see the module docstring for what "exact" covers.
 
@@ -204,7 +188,8 @@ class InceptionResNetV2(nn.Module):
         self.repeat_2 = nn.Sequential(*(Block8(0.20, conv=conv, device=device) for _ in range(9)))
         self.block8 = Block8(1.0, relu=False, conv=conv, device=device)
         self.conv2d_7b = conv(2080, 1536, 1)
-        self.AuxLogits = AuxHead(num_classes, conv=conv, device=device) if aux_logits else None
+        self.AuxLogits = (AuxHead(1088, num_classes, ("conv2d_1b", "conv2d_2a", "classif"), conv,
+                                  device) if aux_logits else None)
         self.classif = nn.Linear(1536, num_classes, device=device)
 
     def _stem(self, x, out: dict | None):

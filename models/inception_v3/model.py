@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from models.inception_v3.spec import BN_EPS
-from models.layers import (BasicConv2d, aux_logits, conv_bn_factory, inception_stem,
+from models.layers import (AuxHead, BasicConv2d, conv_bn_factory, inception_stem,
                            max_pool_3x3_s2, tf_same_avg_pool)
 
 class InceptionA(nn.Module):
@@ -150,19 +150,6 @@ class InceptionE(nn.Module):
         ], 1)
 
 
-class InceptionAux(nn.Module):
-    """Auxiliary classifier on Mixed_6e: avgpool 5x5/3 VALID -> 1x1 (128) -> 5x5 VALID (768) -> fc."""
-
-    def __init__(self, in_chs: int, num_classes: int, conv=BasicConv2d, device=None):
-        super().__init__()
-        self.conv0 = conv(in_chs, 128, 1)
-        self.conv1 = conv(128, 768, 5)
-        self.fc = nn.Linear(768, num_classes, device=device)
-
-    def forward(self, x):
-        return aux_logits(x, self.conv0, self.conv1, self.fc)
-
-
 class InceptionV3(nn.Module):
     """TF-Slim Inception v3 for inference; see the module docstring for what "exact" covers.
 
@@ -194,7 +181,7 @@ class InceptionV3(nn.Module):
         self.Mixed_6c = InceptionC(768, chs_7x7=160, conv=conv)
         self.Mixed_6d = InceptionC(768, chs_7x7=160, conv=conv)
         self.Mixed_6e = InceptionC(768, chs_7x7=192, conv=conv)
-        self.AuxLogits = (InceptionAux(768, num_classes, conv=conv, device=device)
+        self.AuxLogits = (AuxHead(768, num_classes, ("conv0", "conv1", "fc"), conv, device)
                           if aux_logits else None)
         self.Mixed_7a = InceptionD(768, conv=conv)
         self.Mixed_7b = InceptionE(1280, conv=conv)

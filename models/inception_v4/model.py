@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from models.inception_v4.spec import AUX_INPUT, BN_EPS, FEATURE_END_POINTS
-from models.layers import BasicConv2d, aux_logits, conv_bn_factory, max_pool_3x3_s2, tf_same_avg_pool
+from models.layers import (AuxHead, BasicConv2d, conv_bn_factory, max_pool_3x3_s2,
+                           tf_same_avg_pool)
 
 
 class _Concat(nn.Module):
@@ -172,19 +173,6 @@ class InceptionC(_Concat):
                 self.branch2_3a(b2), self.branch2_3b(b2), self.branch3(x)]
 
 
-class AuxHead(nn.Module):
-    """AuxLogits on Mixed_6h: avg pool 5x5/3 VALID -> 1x1 (128) -> 5x5 VALID (768) -> fc."""
-
-    def __init__(self, in_chs: int, num_classes: int, conv=BasicConv2d, device=None):
-        super().__init__()
-        self.conv2d_1b = conv(in_chs, 128, 1)
-        self.conv2d_2a = conv(128, 768, 5)
-        self.last_linear = nn.Linear(768, num_classes, device=device)
-
-    def forward(self, x):
-        return aux_logits(x, self.conv2d_1b, self.conv2d_2a, self.last_linear)
-
-
 class InceptionV4(nn.Module):
     """TF-Slim Inception v4 for inference; see the module docstring for what "exact" covers.
 
@@ -213,7 +201,8 @@ class InceptionV4(nn.Module):
             ReductionB(conv),
             *(InceptionC(conv) for _ in range(3)),
         )
-        self.AuxLogits = AuxHead(1024, num_classes, conv, device) if aux_logits else None
+        self.AuxLogits = (AuxHead(1024, num_classes, ("conv2d_1b", "conv2d_2a", "last_linear"), conv,
+                                  device) if aux_logits else None)
         self.last_linear = nn.Linear(1536, num_classes, device=device)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
