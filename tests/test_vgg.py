@@ -5,8 +5,8 @@ ported files load strictly into torchvision's ``vgg16``/``vgg19`` and compute th
 
 VGG-16 carries the full set (batch 1 and 10, the fc6 negative control, ``verify --float64``
 per end point, a sabotaged file, ``--fold-bn``, ``deploy_model``); VGG-19, the same definition
-with more convs, is ported, checked at batch 10 and loaded into torchvision (suite time: each
-synthetic checkpoint and port is ~550 MB). Each architecture's tests form one xdist group
+with more convs, is ported, checked at batch 1 and 10 and loaded into torchvision (suite time:
+each synthetic checkpoint and port is ~550 MB). Each architecture's tests form one xdist group
 (conftest), so its TF-Slim side is built once.
 """
 from __future__ import annotations
@@ -63,8 +63,8 @@ class Case:
 
 def _tf_slim_side(spec, folder: Path) -> tuple[Path, np.ndarray, dict]:
     """The photos, a synthetic checkpoint written by TF-Slim's own net (V1, as the releases),
-    and the restored graph's logits at batch 10 ("logits/10"); for VGG-16 also at batch 1 on
-    the first BATCH_1_IMAGES photos ("logits/1") and every end point of END_POINT_IMAGES
+    and the restored graph's logits at batch 10 ("logits/10") and at batch 1 on the first
+    BATCH_1_IMAGES photos ("logits/1"); for VGG-16 also every end point of END_POINT_IMAGES
     photos ("end_points/<name>")."""
     oracle = spec.oracle_module()
     images = load_photos(config=spec.eval)[1]
@@ -72,10 +72,10 @@ def _tf_slim_side(spec, folder: Path) -> tuple[Path, np.ndarray, dict]:
                                                    v1_format=True)
     reference = oracle.Reference.for_checkpoint(checkpoint)
     try:
-        arrays = {"logits/10": reference(images, ("Logits",))["Logits"]}
+        arrays = {"logits/10": reference(images, ("Logits",))["Logits"],
+                  "logits/1": np.concatenate([reference(images[i:i + 1], ("Logits",))["Logits"]
+                                              for i in range(BATCH_1_IMAGES)])}
         if spec.name == FULL:
-            arrays["logits/1"] = np.concatenate([reference(images[i:i + 1], ("Logits",))["Logits"]
-                                                 for i in range(BATCH_1_IMAGES)])
             out = reference(images[:END_POINT_IMAGES], spec.end_points)
             arrays.update({f"end_points/{name}": value for name, value in out.items()})
     finally:
@@ -120,8 +120,7 @@ def test_port_matches_tf_slim(vgg):
     assert manifest["variables"]["mapped_count"] == 2 * len(vgg.spec.layers)  # weights, biases
     tf_logits = vgg.reference["logits/10"]
     checks = [(10, vgg.images, tf_logits)]
-    if "logits/1" in vgg.reference:  # each of the first photos on its own
-        checks.append((1, vgg.images[:BATCH_1_IMAGES], vgg.reference["logits/1"]))
+    checks.append((1, vgg.images[:BATCH_1_IMAGES], vgg.reference["logits/1"]))  # one by one
     for batch, images, reference in checks:
         parity = compare(_logits(model, images, batch), reference)
         print(f"{vgg.spec.name} batch {batch}: {parity}")
