@@ -59,25 +59,41 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def open_input(path, what: str = "file"):
-    """``path`` opened for binary reading, if it is a regular file (after resolving links);
-    PortError naming it otherwise. The check is made on the descriptor (opened without
-    blocking, so a FIFO cannot stall it), so nothing can swap the file in between."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError as err:
-        raise PortError(f"{path}: no such {what}") from err
-    except OSError as err:
-        raise PortError(f"{path}: cannot read {what}: {err.strerror or err}") from err
+class NotRegular(OSError):
+    """What ``open_regular`` refuses: something other than a regular file (``kind`` says what)."""
+
+    def __init__(self, path, kind: str):
+        super().__init__(f"{kind}, not a regular file")
+        self.path, self.kind = path, kind
+
+
+def open_regular(path):
+    """``path`` opened for binary reading if it is a regular file (after resolving links);
+    ``NotRegular`` if it is not, the ``OSError`` of the open otherwise. The check is made on the
+    descriptor (opened without blocking, so a FIFO cannot stall it), so nothing can swap the
+    file in between. The one rule for every input; ``open_input`` words its refusals."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise PortError(f"{path}: refused as {what}: {_kind(mode)}, not a regular file")
+            raise NotRegular(path, _kind(mode))
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_input(path, what: str = "file"):
+    """``open_regular``, with each refusal as one PortError line naming ``path`` as ``what``."""
+    try:
+        return open_regular(path)
+    except NotRegular as err:
+        raise PortError(f"{path}: refused as {what}: {err.kind}, not a regular file") from err
+    except FileNotFoundError as err:
+        raise PortError(f"{path}: no such {what}") from err
+    except OSError as err:
+        raise PortError(f"{path}: cannot read {what}: {err.strerror or err}") from err
 
 
 def check_input(path, what: str = "file") -> Path:

@@ -17,6 +17,8 @@ import cramjam
 import google_crc32c
 import numpy as np
 
+from porting import files
+
 TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")
 FOOTER_SIZE = 48
 BLOCK_TRAILER_SIZE = 5  # compression type byte + masked crc32c
@@ -160,23 +162,12 @@ def repeated_fixed(values: list, dtype: np.dtype) -> np.ndarray:
 # --- the table --------------------------------------------------------------------------------
 
 def open_regular(path: Path):
-    """``path`` opened for binary reading if it is a regular file; FormatError if it is not.
-
-    Checked with ``os.stat`` before the open, and again on the open descriptor (opened
-    non-blocking, so a FIFO swapped in between cannot hang us): reading a FIFO or a device
-    would block or never end."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise FormatError("not a regular file", Path(path))
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    """``path`` opened for binary reading if it is a regular file (``porting.files``' input
+    rule); FormatError if it is not, the OSError of the open otherwise."""
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FormatError("not a regular file", Path(path))
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+        return files.open_regular(path)
+    except files.NotRegular:
+        raise FormatError("not a regular file", Path(path)) from None
 
 
 def has_table_magic(path: Path) -> bool:
