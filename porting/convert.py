@@ -39,10 +39,13 @@ class Conversion:
     state_dict: "OrderedDict[str, np.ndarray]"  # C-contiguous little-endian float32 / int64
     mapped: dict[str, str] = field(default_factory=dict)   # TF variable -> PyTorch key(s)
     skipped: dict[str, str] = field(default_factory=dict)  # TF variable -> reason
-    source_classes: int = 0
     architecture: Architecture | None = None
     options: PortOptions = PortOptions()  # as applied: no aux (or folding) for a net without one
-    classes: ClassLayout | None = None  # which outputs are which classes (source_classes in)
+    classes: ClassLayout | None = None  # the checkpoint's classes and those the port keeps
+
+    @property
+    def source_classes(self) -> int:
+        return self.classes.source
 
 
 def _fmt_names(names, limit: int = 4) -> str:
@@ -225,5 +228,5 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
     spec = checked.architecture  # nothing to fold in a net without batch norm (VGG): not folded
     applied = replace(options, aux=options.aux and spec.has_aux,
                       fold_bn=options.fold_bn and spec.folds_batch_norm)
-    return Conversion(state_dict, mapped, dict(sorted(skipped.items())), checked.source_classes,
+    return Conversion(state_dict, mapped, dict(sorted(skipped.items())),
                       checked.architecture, applied, checked.classes)
