@@ -664,6 +664,84 @@ def _terminate(signum, frame):
     raise Terminated(signum)
 
 
+@main.command()
+@click.option("--src", metavar="CKPT", type=click.Path(),
+              help="The TF checkpoint: its exact port is what the file is measured against, and "
+                   "TF's graph runs on it (needs TensorFlow).")
+@click.option("--goldens", metavar="FILE.h5", type=click.Path(dir_okay=False),
+              help="Or a golden file recorded from it (end points only: it holds no weights).")
+@click.option("--foreign", required=True, metavar="FILE", type=click.Path(dir_okay=False),
+              help="The foreign weights: a timm / torchvision / pretrainedmodels .pth or "
+                   ".safetensors file, or the converter zoo's pickled .npy dict.")
+@click.option("--layout", metavar="NAME",
+              help="The file's layout (timm, torchvision, cadene, zoo)  [default: the "
+                   "registered layout of the architecture whose keys the file holds most of]")
+@click.option("--images", "images_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Folder of images to run  [default: scikit-image's 10 photos]")
+@click.option("--count", type=click.IntRange(min=1), metavar="N",
+              help="Use only the first N images (sorted by name).")
+@click.option("--tensors-only", is_flag=True,
+              help="Per-tensor distances only: run no images (no TensorFlow needed).")
+@click.option("--json", "json_path", metavar="REPORT", type=click.Path(dir_okay=False),
+              help="Also write the report as JSON.")
+@_arch_option("--src")
+@handles_errors
+def compare(src, goldens, foreign, layout, images_dir, count, tensors_only, json_path, arch):
+    """Measure how far foreign PyTorch weights are from the TF checkpoint's.
+
+    \b
+    Per tensor: the file's tensors mapped by its layout onto the exact port of --src (at the
+    file's classes: 1000 drops TF's background), with max |diff| of each, the ten worst
+    named; tensors the layout expects but the file lacks (missing) or holds in another
+    shape, and tensors nothing maps (extra).
+    Per end point: the file's weights run in this project's exact network against TF (weight
+    differences alone), and, where the file's own network computes differently from TF's
+    (timm's and torchvision's Inception v3 count the padding in their average pools), its
+    Logits in that network too (architecture differences), with top-1 agreement.
+
+    \b
+    Typical use:
+      port-weights compare --src adv_inception_v3.ckpt --foreign inception_v3.tf_adv_in1k.safetensors
+      port-weights compare --src CKPT --foreign tf_inception_v3.npy --json report.json
+      port-weights compare --src CKPT --foreign FILE.pth --tensors-only
+
+    Pickled .npy files are read by an unpickler that builds arrays and plain containers only
+    (a pickle that would run code is refused, unrun); .pth files load with weights_only=True.
+    Exit 0 when measured (the figures are the result), 1 on bad input.
+    """
+    from pathlib import Path
+
+    from porting.compare.run import CompareRequest, compare as run_compare
+    from porting.files import check_folder, check_target, write_json
+    from porting.verify.request import UsageProblem
+
+    for option, value in {"--src": src, "--goldens": goldens, "--foreign": foreign,
+                          "--images": images_dir, "--json": json_path}.items():
+        if value == "":
+            raise click.UsageError(f"{option} '': give a file name")
+    if tensors_only and goldens:
+        raise click.UsageError("--tensors-only needs --src: goldens hold no weights")
+    request = CompareRequest(
+        foreign=Path(foreign), src=Path(src) if src else None,
+        goldens=Path(goldens) if goldens else None, layout=layout,
+        images_dir=Path(images_dir) if images_dir else None, image_count=count, arch=arch,
+        end_points=not tensors_only)
+    try:
+        request.check()
+    except UsageProblem as err:
+        raise click.UsageError(str(err)) from err
+    inputs = tuple(Path(p) for p in (src, goldens, foreign) if p)
+    if json_path:
+        check_target(Path(json_path), inputs)
+        check_folder(Path(json_path))
+    comparison = run_compare(request, progress=_progress_line)
+    click.echo("\n".join(comparison.table()))
+    if json_path:
+        write_json(Path(json_path), comparison.to_json(), inputs)
+    click.echo(comparison.verdict())
+
+
+
 def run() -> None:
     """The console script: ``main``, then a fast exit.
 

@@ -474,6 +474,7 @@ WINGS = (
     "preprocess",  # images as the eval config says
     "weights",     # a ported file back into its model (torch)
     "verify",      # the reference, comparison, report, runners
+    "compare",     # foreign weight files (timm, torchvision, ...) against the checkpoint
     "onnx",        # export, graph checks, engines, ONNX verification
     "predict",     # top-k classes of images
     "demo",        # make demo
