@@ -91,8 +91,8 @@ class Taps:
             example = next(t for t in self.taps if t.tensor is not None)
             raise UnknownTap(f"{name!r} is no feature tap of {self.arch}: give a TF-Slim graph "
                              f"tensor name (e.g. {example.tensor!r}) or an end point (e.g. "
-                             f"{self.taps[-1].end_points[0]!r}); `port-weights inspect --taps "
-                             f"{self.arch}` lists them")
+                             f"{self.taps[-1].end_points[0]!r}); the README's \"TF tensor "
+                             "names as feature taps\" lists them")
         return tap
 
     def point(self, name: str) -> str:
