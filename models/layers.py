@@ -112,10 +112,10 @@ def max_pool_3x3_s2(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x, 3, stride=2)
 
 
-def inception_stem(x: torch.Tensor, convs, out: dict | None = None) -> torch.Tensor:
+def inception_stem(x: torch.Tensor, convs, tap=None) -> torch.Tensor:
     """The stem TF-Slim's Inception v3 and Inception-ResNet-v2 share, up to ``MaxPool_5a_3x3``:
-    ``convs`` are the models' Conv2d_1a_3x3, 2a, 2b, 3b and 4a; each end point is recorded into
-    ``out`` under TF-Slim's name when given."""
+    ``convs`` are the models' Conv2d_1a_3x3, 2a, 2b, 3b and 4a; each end point goes through
+    ``tap(name, value)`` (``models.taps``) under TF-Slim's name when given."""
     conv_1a, conv_2a, conv_2b, conv_3b, conv_4a = convs
     for name, layer in (
         ("Conv2d_1a_3x3", conv_1a), ("Conv2d_2a_3x3", conv_2a), ("Conv2d_2b_3x3", conv_2b),
@@ -123,6 +123,6 @@ def inception_stem(x: torch.Tensor, convs, out: dict | None = None) -> torch.Ten
         ("Conv2d_4a_3x3", conv_4a), ("MaxPool_5a_3x3", max_pool_3x3_s2),
     ):
         x = layer(x)
-        if out is not None:
-            out[name] = x
+        if tap is not None:
+            x = tap(name, x)
     return x

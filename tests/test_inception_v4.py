@@ -23,6 +23,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import BATCH_1_IMAGES
+from taps_tools import TAP_IMAGES, check_taps, graph_tensors
 from torchvision_cpu import torchvision_models
 from models.inception_v4.spec import FEATURE_END_POINTS, SPEC
 from models.spec import ClassLayout
@@ -57,6 +58,7 @@ class Side:
     tf: dict               # {batch: {end point: TF's output}}; batch 10 has every end point
     files: dict            # {variant: ported .pth}
     port_output: str       # what the CLI printed for the 1001-class port
+    taps: dict             # {graph tensor name: TF's tensor} on TAP_IMAGES photos
 
 
     def expected(self, end_point: str, batch: int = 10, classes: int = 1001) -> np.ndarray:
@@ -82,12 +84,19 @@ def v4(tmp_path_factory, photos) -> Side:
         tf = {len(images): reference(images, SPEC.end_points)}
         singles = [reference(images[i:i + 1]) for i in range(BATCH_1_IMAGES)]
         tf[1] = {name: np.concatenate([s[name] for s in singles]) for name in singles[0]}
+        taps = graph_tensors(reference, images[:TAP_IMAGES], SPEC.taps.tensors())
     finally:
         reference.close()
     ports = {name: _port(checkpoint, folder / name, *options)
              for name, options in VARIANTS.items()}
     return Side(checkpoint, images, tf, {name: path for name, (path, _) in ports.items()},
-                ports["1001"][1])
+                ports["1001"][1], taps)
+
+
+def test_taps_are_the_oracle_graphs_tensors_by_name(v4):
+    """Every tensor name of the table (research/slim's scopes: InceptionV4/InceptionV4/<block>/
+    concat, the heads under InceptionV4/), fetched by name from the oracle's graph."""
+    assert check_taps(load_ported(v4.files["1001"]), SPEC, v4.images[:TAP_IMAGES], v4.taps) >= 10
 
 
 def test_the_checkpoint_has_the_release_layout(v4):

@@ -35,6 +35,7 @@ from porting.verify.report import Report
 from porting.weights import load_ported
 
 from conftest import BATCH_1_IMAGES
+from taps_tools import TAP_IMAGES, check_taps, graph_tensors
 
 ARCHS = ["resnet_v2_50", "resnet_v1_50", "resnet_v2_101", "resnet_v1_101", "resnet_v2_152",
          "resnet_v1_152"]
@@ -86,6 +87,9 @@ def _tf_slim_side(spec, folder: Path) -> tuple[Path, dict]:
             images = arrays[f"images/{size}"]
             arrays[f"logits/{size}/10"] = _tf_logits(reference, images, len(images))
             arrays[f"logits/{size}/1"] = _tf_logits(reference, images[:BATCH_1_IMAGES], 1)
+        arrays.update({f"taps/{name}": value for name, value in graph_tensors(
+            reference, arrays[f"images/{release_size}"][:TAP_IMAGES],
+            spec.taps.tensors()).items()})
         if spec.name == "resnet_v2_50":
             out = reference(arrays[f"images/{release_size}"][:END_POINT_IMAGES], spec.end_points)
             arrays.update({f"end_points/{key}": value for key, value in out.items()})
@@ -123,6 +127,15 @@ def test_port_matches_tf_slim_at_batch_1_and_10_at_two_sizes(case):
             assert parity.passed, parity
             assert parity.top1_agree == parity.top5_agree == count
         assert len(set(case.tf_logits(size).argmax(1))) >= 6  # distinct classes: can fail
+
+
+def test_taps_are_tf_slims_tensors_by_name(case):
+    """Every tensor name of the table (root conv, pool1, each unit's sum and ReLU or
+    pre-activation, postnorm), fetched by name from TF-Slim's graph; neighbour controls fail."""
+    images = case.images[sizes(case.spec.name)[0]][:TAP_IMAGES]
+    tf = {key[len("taps/"):]: value for key, value in case.reference.items()
+          if key.startswith("taps/")}
+    assert check_taps(load_ported(case.weights), case.spec, images, tf) >= 10
 
 
 def _symmetric_zero_pool(x, kernel, stride):

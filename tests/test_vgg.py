@@ -40,6 +40,7 @@ from porting.verify.torch_runner import compare_end_points
 from porting.weights import load_ported
 
 from conftest import BATCH_1_IMAGES
+from taps_tools import TAP_IMAGES, check_taps, graph_tensors
 from torchvision_cpu import torchvision_models
 
 ARCHS = ["vgg_16", "vgg_19"]
@@ -75,12 +76,22 @@ def _tf_slim_side(spec, folder: Path) -> tuple[Path, np.ndarray, dict]:
         arrays = {"logits/10": reference(images, ("Logits",))["Logits"],
                   "logits/1": np.concatenate([reference(images[i:i + 1], ("Logits",))["Logits"]
                                               for i in range(BATCH_1_IMAGES)])}
+        arrays.update({f"taps/{name}": value for name, value in graph_tensors(
+            reference, images[:TAP_IMAGES], spec.taps.tensors()).items()})
         if spec.name == FULL:
             out = reference(images[:END_POINT_IMAGES], spec.end_points)
             arrays.update({f"end_points/{name}": value for name, value in out.items()})
     finally:
         reference.close()
     return checkpoint, images, arrays
+
+
+def test_taps_are_tf_slims_tensors_by_name(vgg):
+    """Every conv's and fc's ReLU, every pool, fc8's squeeze, fetched by name from TF-Slim's
+    graph; neighbour controls fail."""
+    tf = {key[len("taps/"):]: value for key, value in vgg.reference.items()
+          if key.startswith("taps/")}
+    assert check_taps(vgg.model, vgg.spec, vgg.images[:TAP_IMAGES], tf) >= 5
 
 
 @pytest.fixture(scope="module", params=ARCHS)

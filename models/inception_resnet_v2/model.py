@@ -44,9 +44,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.inception_resnet_v2.spec import BN_EPS
+from models.inception_resnet_v2.spec import BEFORE, BLOCKS, BN_EPS, FINAL_BLOCK, ROOT
 from models.layers import (AuxHead, BasicConv2d, conv_bn_factory, inception_stem,
                            max_pool_3x3_s2, tf_same_avg_pool)
+from models.spec import base_scope
+from models.taps import TapsMixin
 
 class Mixed5b(nn.Module):
     """35x35x192 -> 35x35x320: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool 3x3/1 SAME-1x1."""
@@ -73,9 +75,17 @@ class _Residual(nn.Module):
     def _branches(self, x) -> list[torch.Tensor]:
         raise NotImplementedError
 
-    def forward(self, x):
+    def forward(self, x, tap=None, scope: str = ""):
+        """``tap`` (``models.taps``): the sum goes through it as ``<scope>/add`` and the ReLU's
+        output as ``<scope>/Relu``, TF-Slim's ops (the ReLU then leaves the sum intact)."""
         x = x + self.scale * self.conv2d(torch.cat(self._branches(x), 1))
-        return F.relu(x, inplace=True) if self.relu else x
+        if tap is not None:
+            x = tap(f"{scope}/add", x)
+        if not self.relu:
+            return x
+        if tap is None:
+            return F.relu(x, inplace=True)
+        return tap(f"{scope}/Relu", F.relu(x))
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, relu={self.relu}"
@@ -156,7 +166,7 @@ class Block8(_Residual):
         return [self.branch0(x), self.branch1(x)]
 
 
-class InceptionResNetV2(nn.Module):
+class InceptionResNetV2(TapsMixin, nn.Module):
     """TF-Slim Inception-ResNet-v2 for inference; see the module docstring for what "exact" covers.
 
     Args:
@@ -192,14 +202,14 @@ class InceptionResNetV2(nn.Module):
                                   device) if aux_logits else None)
         self.classif = nn.Linear(1536, num_classes, device=device)
 
-    def _stem(self, x, out: dict | None):
-        """Layers up to MaxPool_5a_3x3, recording end points into ``out`` when given."""
+    def _stem(self, x, tap=None):
+        """Layers up to MaxPool_5a_3x3, each end point through ``tap`` when given."""
         return inception_stem(x, (self.conv2d_1a, self.conv2d_2a, self.conv2d_2b,
-                                  self.conv2d_3b, self.conv2d_4a), out)
+                                  self.conv2d_3b, self.conv2d_4a), tap)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW images scaled to [-1, 1] -> the Conv2d_7b_1x1 feature map."""
-        x = self._stem(x, None)
+        x = self._stem(x)
         x = self.mixed_6a(self.repeat(self.mixed_5b(x)))
         x = self.mixed_7a(self.repeat_1(x))
         return self.conv2d_7b(self.block8(self.repeat_2(x)))
@@ -208,21 +218,19 @@ class InceptionResNetV2(nn.Module):
         """NCHW images scaled to [-1, 1] -> logits (dropout is the identity at inference)."""
         return self.classif(self.forward_features(x).mean((2, 3)))
 
-    def forward_end_points(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every TF-Slim end point of ``spec.SPEC.end_points`` (NCHW; vectors [N, C]), for
-        per-layer parity reports ("AuxLogits" only when the model has the head).
-
-        A separate path so that ``forward`` keeps no intermediate tensors alive.
-        """
-        out: dict[str, torch.Tensor] = {}
-        x = self._stem(x, out)
-        x = out["Mixed_5b"] = self.mixed_5b(x)
-        x = out["Mixed_6a"] = self.mixed_6a(self.repeat(x))
-        x = out["PreAuxLogits"] = self.repeat_1(x)
-        x = out["Mixed_7a"] = self.mixed_7a(x)
-        x = out["Conv2d_7b_1x1"] = self.conv2d_7b(self.block8(self.repeat_2(x)))
-        if self.AuxLogits is not None:
-            out["AuxLogits"] = self.AuxLogits(out["PreAuxLogits"])
-        out["PreLogitsFlatten"] = x.mean((2, 3))
-        out["Logits"] = self.classif(out["PreLogitsFlatten"])
-        return out
+    def _walk(self, x: torch.Tensor, tap) -> None:
+        """The forward pass through ``tap`` at every value of ``spec.TAPS`` (``models.taps``:
+        ``taps`` and ``forward_end_points``); the aux head runs only when asked for."""
+        scope = base_scope(ROOT)
+        x = self._stem(x, tap)
+        for repeat, block, module, _ in BLOCKS:
+            name = BEFORE[repeat]  # the grid reduction before the repeat: mixed_5b's module
+            x = tap(name, getattr(self, name.lower())(x))
+            for i, unit in enumerate(getattr(self, module), 1):
+                x = unit(x, tap, f"{scope}/{repeat}/{block}_{i}")
+            if name == "Mixed_6a" and self.AuxLogits is not None and tap.wants("AuxLogits"):
+                tap("AuxLogits", self.AuxLogits(x))
+        x = self.block8(x, tap, f"{scope}/{FINAL_BLOCK}")
+        x = tap("Conv2d_7b_1x1", self.conv2d_7b(x))
+        x = tap("PreLogitsFlatten", x.mean((2, 3)))
+        tap("Logits", self.classif(x))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from models.calibration import whitened_classifier
-from models.inception_resnet_v2.spec import BN_EPS, SPEC
+from models.inception_resnet_v2.spec import BLOCKS, BN_EPS, FINAL_BLOCK, SPEC
 from models.spec import AUX_SCOPE, EMA_SUFFIX, ClassLayout, KerasAdapter, KerasMismatch
 from models.tf_slim_graph import BETA_STD, GLOBAL_STEP, checkpoint_layout
 from porting.errors import PortError, first_line
@@ -36,6 +36,7 @@ UP_BIAS_STD = 0.1          # up conv biases, as a fraction of the block input's 
 BACKGROUND_SCALE = 0.5     # the synthetic background logit, relative to a whitened class
 MEASURE_IMAGES = 4         # images of the pass that scales the residual up convs
 BLOCK_TYPES = ("block35", "block17", "block8")
+BLOCK8_REPEATS = BLOCKS[-1][-1]  # Keras's block8_<this + 1> is TF-Slim's final Block8
 
 # Keras layers that hold the TF-Slim end points it has (AuxLogits and Logits are computed).
 _NAMED_END_POINTS = {"Mixed_5b": "mixed_5b", "Mixed_6a": "mixed_6a",
@@ -179,6 +180,15 @@ def _residual_taps(model, block: str):
     for layer in model.layers:
         if type(layer).__name__ == "CustomScaleLayer" and layer.input[1] is up:
             return layer.input[0], up
+    raise ValueError(f"{block}: no residual sum found")
+
+
+def _residual_sum(model, block: str):
+    """The Keras tensor of a residual block's ``x + scale * up`` (TF-Slim's ``<block>/add``)."""
+    up = model.get_layer(f"{block}_conv").output
+    for layer in model.layers:
+        if type(layer).__name__ == "CustomScaleLayer" and layer.input[1] is up:
+            return layer.output
     raise ValueError(f"{block}: no residual sum found")
 
 
@@ -480,6 +490,29 @@ class KerasInceptionResNetV2:
         for name, layer in _NAMED_END_POINTS.items():
             taps[name] = self.model.get_layer(layer).output
         return taps
+
+    def _keras_tensor(self, tensor: str):
+        """The Keras tensor that is TF-Slim's graph tensor ``tensor`` (a name of ``SPEC.taps``):
+        an end point's, or a residual block's sum (Keras's scale layer) or ReLU
+        (``<block>_ac``); Keras numbers the final ``Block8`` on from the repeat: ``block8_10``."""
+        tap = SPEC.taps.resolve(tensor)
+        for end_point in tap.end_points:
+            if end_point in self._taps:
+                return self._taps[end_point]
+        *_, scope, op = tensor.split("/")
+        block = f"block8_{BLOCK8_REPEATS + 1}" if scope == FINAL_BLOCK else scope
+        if op == "add":
+            return _residual_sum(self.model, block)
+        return self.model.get_layer(f"{block}_ac").output
+
+    def graph_tensors(self, images_nhwc: np.ndarray, tensors) -> dict[str, np.ndarray]:
+        """TF-Slim graph tensors of the trunk by name (``SPEC.taps``; NHWC), all from one run
+        of the Keras model: what proves the port's ``taps`` for this architecture."""
+        tensors = tuple(tensors)
+        probe = _probe(self.model, {f"t{i}": self._keras_tensor(name)
+                                    for i, name in enumerate(tensors)})
+        found = probe(np.asarray(images_nhwc, self.dtype), training=False)
+        return {name: np.asarray(found[f"t{i}"]) for i, name in enumerate(tensors)}
 
     @classmethod
     def for_checkpoint(cls, checkpoint_prefix: str | Path, **kwargs) -> "KerasInceptionResNetV2":

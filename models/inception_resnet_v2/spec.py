@@ -14,7 +14,7 @@ Module names are timm's ``inception_resnet_v2`` keys (``conv2d_1a``, ``mixed_5b`
 convs are ``nn.Sequential``s in TF-Slim's order), so a file without the aux head loads into
 ``timm.create_model("inception_resnet_v2")``; the aux head, which timm lacks, is ``AuxLogits.*``.
 """
-from models.spec import Architecture, KerasAdapter, inception_eval, table
+from models.spec import Architecture, KerasAdapter, Tap, Taps, base_scope, inception_eval, slim_op, table
 
 BN_EPS = 1e-3  # inception_resnet_v2_arg_scope's batch_norm_epsilon (no gamma: scale=False)
 ROOT = "InceptionResnetV2"
@@ -117,6 +117,38 @@ def _keras_names() -> dict[str, str]:
     return {**named, "block8_10_conv": "Block8/Conv2d_1x1", "conv_7b": "Conv2d_7b_1x1"}
 
 
+STEM = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_3a_3x3", "Conv2d_3b_1x1",
+        "Conv2d_4a_3x3", "MaxPool_5a_3x3")
+# The grid reductions before each repeat's blocks, and what follows the last block8.
+BEFORE = {"Repeat": "Mixed_5b", "Repeat_1": "Mixed_6a", "Repeat_2": "Mixed_7a"}
+RESIDUAL_OPS = ("add", "Relu")  # a block's ``net += scale * up``, then its activation
+FINAL_BLOCK = "Block8"          # scale 1.0, no activation: its "add" is its output
+
+
+def _taps() -> Taps:
+    """Network order: the stem, then per repeat the reduction before it and each block's sum
+    and ReLU (block17_20's ReLU is PreAuxLogits, which the aux head reads), the final Block8's
+    sum, Conv2d_7b_1x1, then the heads (end points only: the oracle, Keras, has no TF-Slim
+    graph names for them)."""
+    scope = base_scope(ROOT)
+    taps = [Tap(f"{scope}/{slim_op(name)}", (name,)) for name in STEM]
+    for repeat, block, _, count in BLOCKS:
+        taps.append(Tap(f"{scope}/{slim_op(BEFORE[repeat])}", (BEFORE[repeat],)))
+        for i in range(1, count + 1):
+            for op in RESIDUAL_OPS:
+                last = (repeat, i, op) == ("Repeat_1", count, "Relu")
+                taps.append(Tap(f"{scope}/{repeat}/{block}_{i}/{op}",
+                                ("PreAuxLogits",) if last else ()))
+        if repeat == "Repeat_1":
+            taps.append(Tap(None, ("AuxLogits",)))
+    taps += [Tap(f"{scope}/{FINAL_BLOCK}/add", ()),
+             Tap(f"{scope}/{slim_op('Conv2d_7b_1x1')}", ("Conv2d_7b_1x1",)),
+             Tap(None, ("PreLogitsFlatten",)), Tap(None, ("Logits",))]
+    return Taps("inception_resnet_v2", taps)
+
+
+TAPS = _taps()
+
 SPEC = Architecture(
     name="inception_resnet_v2",
     title="Inception-ResNet-v2",
@@ -137,4 +169,5 @@ SPEC = Architecture(
     keras=KerasAdapter(application="keras.applications.InceptionResNetV2",
                        named=_keras_names()),
     timm_keys="inception_resnet_v2",
+    taps=TAPS,
 )

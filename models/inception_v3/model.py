@@ -31,9 +31,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.inception_v3.spec import BN_EPS
+from models.inception_v3.spec import AUX_INPUT, BN_EPS
 from models.layers import (AuxHead, BasicConv2d, conv_bn_factory, inception_stem,
                            max_pool_3x3_s2, tf_same_avg_pool)
+from models.taps import TapsMixin
 
 class InceptionA(nn.Module):
     """35x35 block (Mixed_5b..5d): 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool-1x1."""
@@ -150,7 +151,7 @@ class InceptionE(nn.Module):
         ], 1)
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(TapsMixin, nn.Module):
     """TF-Slim Inception v3 for inference; see the module docstring for what "exact" covers.
 
     Args:
@@ -188,14 +189,14 @@ class InceptionV3(nn.Module):
         self.Mixed_7c = InceptionE(2048, conv=conv)
         self.fc = nn.Linear(2048, num_classes, device=device)
 
-    def _stem(self, x, out: dict | None):
-        """Layers up to MaxPool_5a_3x3, recording end points into ``out`` when given."""
+    def _stem(self, x, tap=None):
+        """Layers up to MaxPool_5a_3x3, each end point through ``tap`` when given."""
         return inception_stem(x, (self.Conv2d_1a_3x3, self.Conv2d_2a_3x3, self.Conv2d_2b_3x3,
-                                  self.Conv2d_3b_1x1, self.Conv2d_4a_3x3), out)
+                                  self.Conv2d_3b_1x1, self.Conv2d_4a_3x3), tap)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW images scaled to [-1, 1] -> Mixed_7c feature map."""
-        x = self._stem(x, None)
+        x = self._stem(x)
         x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
         x = self.Mixed_6a(x)
         x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))
@@ -205,18 +206,14 @@ class InceptionV3(nn.Module):
         """NCHW images scaled to [-1, 1] -> logits (dropout is the identity at inference)."""
         return self.fc(self.forward_features(x).mean((2, 3)))
 
-    def forward_end_points(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every TF-Slim end point (NCHW), for per-layer parity reports.
-
-        A separate path so that ``forward`` keeps no intermediate tensors alive.
-        """
-        out: dict[str, torch.Tensor] = {}
-        x = self._stem(x, out)
+    def _walk(self, x: torch.Tensor, tap) -> None:
+        """The forward pass through ``tap`` at every value of ``spec.TAPS`` (``models.taps``:
+        ``taps`` and ``forward_end_points``); the aux head runs only when asked for."""
+        x = self._stem(x, tap)
         for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c",
                      "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
-            x = out[name] = getattr(self, name)(x)
-            if name == "Mixed_6e" and self.AuxLogits is not None:
-                out["AuxLogits"] = self.AuxLogits(x)
-        out["PreLogits"] = x.mean((2, 3), keepdim=True)
-        out["Logits"] = self.fc(out["PreLogits"].flatten(1))
-        return out
+            x = tap(name, getattr(self, name)(x))
+            if name == AUX_INPUT and self.AuxLogits is not None and tap.wants("AuxLogits"):
+                tap("AuxLogits", self.AuxLogits(x))
+        x = tap("PreLogits", x.mean((2, 3), keepdim=True))
+        tap("Logits", self.fc(x.flatten(1)))

@@ -6,7 +6,7 @@ The table keeps TF-Slim's name quirks verbatim (Mixed_5c's ``Conv2d_0b_1x1``/``C
 Mixed_6a's 3x3 convs named ``*_1x1``, Mixed_7b's ``Conv2d_0b_3x1`` vs Mixed_7c's
 ``Conv2d_0c_3x1``). Module names are timm's and torchvision's ``inception_v3`` keys.
 """
-from models.spec import Architecture, KerasAdapter, inception_eval, table
+from models.spec import Architecture, KerasAdapter, inception_eval, inception_taps, table
 
 BN_EPS = 1e-3  # inception_v3_arg_scope's batch_norm_epsilon (no gamma: scale=False)
 ROOT = "InceptionV3"
@@ -94,17 +94,28 @@ LAYERS = table(ROOT, bn_eps=BN_EPS, rows="".join([
     """,
 ]))
 
+END_POINTS = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_3a_3x3", "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3", "MaxPool_5a_3x3", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+    "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
+    "AuxLogits", "PreLogits", "Logits",
+)
+# The heads' tensors in TF-Slim's graph, below the root (the trunk's follow ``slim_op``).
+# PreLogits: the pool (TF-Slim's end point is the dropout after it, the identity at inference).
+HEADS = {"AuxLogits": "AuxLogits/SpatialSqueeze", "PreLogits": "Logits/AvgPool_1a_8x8/AvgPool",
+         "Logits": "Logits/SpatialSqueeze"}
+AUX_INPUT = "Mixed_6e"  # the end point the aux head reads
+# network order: the aux head after the block it reads
+_ORDER = [name for name in END_POINTS if name != "AuxLogits"]
+_ORDER.insert(_ORDER.index(AUX_INPUT) + 1, "AuxLogits")
+TAPS = inception_taps("inception_v3", ROOT, _ORDER, heads=HEADS)
+
 SPEC = Architecture(
     name="inception_v3",
     title="Inception v3",
     tf_root=ROOT,
     layers=tuple(LAYERS),
-    end_points=(
-        "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_3a_3x3", "Conv2d_3b_1x1",
-        "Conv2d_4a_3x3", "MaxPool_5a_3x3", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
-        "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c",
-        "AuxLogits", "PreLogits", "Logits",
-    ),
+    end_points=END_POINTS,
     classifier_end_points=("AuxLogits", "PreLogits", "Logits"),
     eval=inception_eval(classifier="fc"),
     model="models.inception_v3.model:InceptionV3",
@@ -114,4 +125,5 @@ SPEC = Architecture(
           "for Computer Vision. arXiv:1512.00567",
     keras=KerasAdapter(application="keras.applications.InceptionV3"),
     timm_keys="inception_v3",
+    taps=TAPS,
 )

@@ -43,6 +43,7 @@ from torch import nn
 from models.inception_v4.spec import AUX_INPUT, BN_EPS, FEATURE_END_POINTS
 from models.layers import (AuxHead, BasicConv2d, conv_bn_factory, max_pool_3x3_s2,
                            tf_same_avg_pool)
+from models.taps import TapsMixin
 
 
 class _Concat(nn.Module):
@@ -173,7 +174,7 @@ class InceptionC(_Concat):
                 self.branch2_3a(b2), self.branch2_3b(b2), self.branch3(x)]
 
 
-class InceptionV4(nn.Module):
+class InceptionV4(TapsMixin, nn.Module):
     """TF-Slim Inception v4 for inference; see the module docstring for what "exact" covers.
 
     Args:
@@ -213,16 +214,12 @@ class InceptionV4(nn.Module):
         """NCHW images scaled to [-1, 1] -> logits (dropout is the identity at inference)."""
         return self.last_linear(self.features(x).mean((2, 3)))
 
-    def forward_end_points(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every TF-Slim end point (NCHW), for per-layer parity reports.
-
-        A separate path so that ``forward`` keeps no intermediate tensors alive.
-        """
-        out: dict[str, torch.Tensor] = {}
+    def _walk(self, x: torch.Tensor, tap) -> None:
+        """The forward pass through ``tap`` at every value of ``spec.TAPS`` (``models.taps``:
+        ``taps`` and ``forward_end_points``); the aux head runs only when asked for."""
         for name, block in zip(FEATURE_END_POINTS, self.features):
-            x = out[name] = block(x)
-        if self.AuxLogits is not None:
-            out["AuxLogits"] = self.AuxLogits(out[AUX_INPUT])
-        out["PreLogitsFlatten"] = x.mean((2, 3))
-        out["Logits"] = self.last_linear(out["PreLogitsFlatten"])
-        return out
+            x = tap(name, block(x))
+            if name == AUX_INPUT and self.AuxLogits is not None and tap.wants("AuxLogits"):
+                tap("AuxLogits", self.AuxLogits(x))
+        x = tap("PreLogitsFlatten", x.mean((2, 3)))
+        tap("Logits", self.last_linear(x))

@@ -152,7 +152,7 @@ def _block(tf, slim, net, name, branches):
                 for step in branch:
                     out = _step(tf, slim, out, step)
                 outputs.append(out)
-    return tf.concat(outputs, axis=3)
+        return tf.concat(outputs, axis=3)  # in the block's scope: TF's <block>/concat
 
 
 def build_inception_v4(images, num_classes: int = 1001, aux: bool = True,
@@ -163,13 +163,16 @@ def build_inception_v4(images, num_classes: int = 1001, aux: bool = True,
     ``AuxLogits``, ``global_pool``, ``PreLogitsFlatten``, ``Logits``)."""
     tf, slim = import_tf_slim()
     end_points = {}
-    with tf.compat.v1.variable_scope("InceptionV4", values=[images], reuse=reuse), \
+    with tf.compat.v1.variable_scope("InceptionV4", values=[images], reuse=reuse) as scope, \
             slim.arg_scope([slim.batch_norm, slim.dropout], is_training=is_training), \
             slim.arg_scope([slim.conv2d, slim.max_pool2d, slim.avg_pool2d], stride=1,
                            padding="SAME"):
-        net = images
-        for name, branches in BLOCKS:
-            net = end_points[name] = _block(tf, slim, net, name, branches)
+        # inception_v4_base(scope=scope) re-enters the scope: the same variables, and the
+        # trunk's ops in the name scope InceptionV4/InceptionV4 (research/slim's graph names)
+        with tf.compat.v1.variable_scope(scope, values=[images]):
+            net = images
+            for name, branches in BLOCKS:
+                net = end_points[name] = _block(tf, slim, net, name, branches)
         if aux and num_classes:
             with tf.compat.v1.variable_scope("AuxLogits"):
                 head = slim.avg_pool2d(end_points[AUX_INPUT], [5, 5], stride=3, padding="VALID",

@@ -18,7 +18,7 @@ classifier ``last_linear``; so a file without the aux head loads into
 ``timm.create_model("inception_v4")`` as it is. The aux head, which timm lacks, is
 ``AuxLogits.*``, between ``features`` and ``last_linear`` in the state dict.
 """
-from models.spec import Architecture, inception_eval, table
+from models.spec import Architecture, inception_eval, inception_taps, table
 
 BN_EPS = 1e-3  # inception_utils.inception_arg_scope's batch_norm_epsilon (no gamma: scale=False)
 ROOT = "InceptionV4"
@@ -121,6 +121,14 @@ LAYERS = table(ROOT, bn_eps=BN_EPS, rows="".join([
     """,
 ]))
 
+# The heads' tensors in research/slim's graph, below the root (the trunk's follow ``slim_op``)
+HEADS = {"AuxLogits": "AuxLogits/Aux_logits/BiasAdd",
+         "PreLogitsFlatten": "Logits/PreLogitsFlatten/flatten/Reshape",
+         "Logits": "Logits/Logits/BiasAdd"}
+_ORDER = list(FEATURE_END_POINTS)  # network order: the aux head after the block it reads
+_ORDER[_ORDER.index(AUX_INPUT) + 1:_ORDER.index(AUX_INPUT) + 1] = ["AuxLogits"]
+TAPS = inception_taps("inception_v4", ROOT, [*_ORDER, "PreLogitsFlatten", "Logits"], heads=HEADS)
+
 SPEC = Architecture(
     name="inception_v4",
     title="Inception v4",
@@ -135,4 +143,5 @@ SPEC = Architecture(
     paper="Szegedy, Ioffe, Vanhoucke, Alemi. Inception-v4, Inception-ResNet and the Impact of "
           "Residual Connections on Learning. arXiv:1602.07261",
     timm_keys="inception_v4",
+    taps=TAPS,
 )

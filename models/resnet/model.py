@@ -29,11 +29,14 @@ from torch import nn
 
 from models.layers import conv_bn_factory, subsample, tf_same_max_pool
 from models.resnet.spec import BN_EPS, FEATURES, ROOT_CHANNELS, Unit, units
+from models.taps import TapsMixin
 
 
 class BottleneckV1(nn.Module):
     """``bottleneck_v1``: relu(shortcut(x) + conv3(conv2(conv1(x)))), conv3 and the projection
     shortcut without ReLU."""
+
+    SCOPE = "bottleneck_v1"
 
     def __init__(self, unit: Unit, conv):
         super().__init__()
@@ -44,14 +47,21 @@ class BottleneckV1(nn.Module):
         self.conv2 = conv(unit.bottleneck, unit.bottleneck, 3, stride=unit.stride, padding=1)
         self.conv3 = conv(unit.bottleneck, unit.out_chs, 1, relu=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tap=None, scope: str = "") -> torch.Tensor:
+        """``tap`` (``models.taps``): the sum as ``<scope>/add``, the unit's output (its end
+        point) as ``<scope>``."""
         shortcut = subsample(x, self.stride) if self.shortcut is None else self.shortcut(x)
-        return F.relu(shortcut + self.conv3(self.conv2(self.conv1(x))))
+        x = shortcut + self.conv3(self.conv2(self.conv1(x)))
+        if tap is None:
+            return F.relu(x)
+        return tap(scope, F.relu(tap(f"{scope}/add", x)))
 
 
 class BottleneckV2(nn.Module):
     """``bottleneck_v2``: preact = relu(bn(x)); shortcut(preact) or the subsampled x, plus
     conv3(conv2(conv1(preact))); conv3 and the shortcut are biased convs, no BN, no ReLU."""
+
+    SCOPE = "bottleneck_v2"
 
     def __init__(self, unit: Unit, conv, device=None):
         super().__init__()
@@ -63,10 +73,15 @@ class BottleneckV2(nn.Module):
         self.conv2 = conv(unit.bottleneck, unit.bottleneck, 3, stride=unit.stride, padding=1)
         self.conv3 = nn.Conv2d(unit.bottleneck, unit.out_chs, 1, device=device)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tap=None, scope: str = "") -> torch.Tensor:
+        """``tap`` (``models.taps``): the pre-activation as ``<scope>/preact/Relu``, the unit's
+        output (its end point, TF's ``<scope>/add``) as ``<scope>``."""
         preact = F.relu(self.preact(x))
+        if tap is not None:
+            preact = tap(f"{scope}/preact/Relu", preact)
         shortcut = subsample(x, self.stride) if self.shortcut is None else self.shortcut(preact)
-        return shortcut + self.conv3(self.conv2(self.conv1(preact)))
+        x = shortcut + self.conv3(self.conv2(self.conv1(preact)))
+        return x if tap is None else tap(scope, x)
 
 
 class Block(nn.Module):
@@ -77,15 +92,14 @@ class Block(nn.Module):
         for index, unit in enumerate(block_units, 1):
             self.add_module(f"unit_{index}", unit)
 
-    def forward(self, x: torch.Tensor, out: dict | None = None, prefix: str = "") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tap=None, prefix: str = "") -> torch.Tensor:
+        """``tap`` (``models.taps``): each unit's values under ``<prefix>/<unit>/<its scope>``."""
         for name, unit in self.named_children():
-            x = unit(x)
-            if out is not None:
-                out[f"{prefix}/{name}"] = x
+            x = unit(x) if tap is None else unit(x, tap, f"{prefix}/{name}/{unit.SCOPE}")
         return x
 
 
-class ResNet(nn.Module):
+class ResNet(TapsMixin, nn.Module):
     """A TF-Slim ResNet for inference; the subclasses below fix the version and depth.
 
     Args:
@@ -145,20 +159,17 @@ class ResNet(nn.Module):
             x = block(x)
         return self._head(x)
 
-    def forward_end_points(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The spec's TF-Slim end points (NCHW), for per-layer parity reports: the root conv,
-        every unit and block under TF-Slim's names, and ``Logits``."""
-        out: dict[str, torch.Tensor] = {}
-        x = out[f"{self.root}/conv1"] = self.conv1(x)
-        x = tf_same_max_pool(x, 3, 2)
+    def _walk(self, x: torch.Tensor, tap) -> None:
+        """The forward pass through ``tap`` at every value of the spec's taps (``models.taps``:
+        ``taps`` and ``forward_end_points``): the root conv, pool1, each unit's values, v2's
+        postnorm ReLU, ``Logits``."""
+        x = tap(f"{self.root}/conv1", self.conv1(x))
+        x = tap(f"{self.root}/pool1/MaxPool", tf_same_max_pool(x, 3, 2))
         for name, block in self.blocks():
-            units_out: dict[str, torch.Tensor] = {}
-            x = block(x, units_out, f"{self.root}/{name}")
-            for unit, value in units_out.items():
-                out[f"{unit}/bottleneck_v{self.version}"] = value
-            out[f"{self.root}/{name}"] = x
-        out["Logits"] = self._head(x)
-        return out
+            x = block(x, tap, f"{self.root}/{name}")
+        if self.postnorm is not None:
+            x = tap(f"{self.root}/postnorm/Relu", F.relu(self.postnorm(x)))
+        tap("Logits", self.fc(x.mean((2, 3))))
 
 
 class ResNet50V1(ResNet, version=1, depth=50): ...

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.spec import Architecture, inception_eval, table, vgg_eval
+from models.spec import Architecture, Tap, Taps, inception_eval, table, vgg_eval
 
 BN_EPS = 1e-5  # resnet_arg_scope's batch_norm_epsilon
 UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}  # units per block
@@ -108,6 +108,28 @@ def end_points(version: int, depth: int) -> tuple[str, ...]:
     return (*names, "Logits")
 
 
+def taps(version: int, depth: int) -> Taps:
+    """TF-Slim's tensors, network order: the root conv (v1: its ReLU; v2: its biased conv),
+    ``pool1``; per unit v1 the residual sum before its ReLU and the ReLU (the unit's end point),
+    v2 the pre-activation's ReLU and the sum (the unit's end point; v2 has no ReLU after it);
+    a block's end point is its last unit's tensor; v2's ``postnorm`` ReLU; ``Logits``
+    (``<root>/logits`` squeezed, an end point only)."""
+    root = f"resnet_v{version}_{depth}"
+    found = [Tap(f"{root}/conv1/{'Relu' if version == 1 else 'BiasAdd'}", (f"{root}/conv1",)),
+             Tap(f"{root}/pool1/MaxPool", ())]
+    for u in units(depth):
+        scope = f"{root}/{u.scope}/bottleneck_v{version}"
+        last = u.index == UNITS[depth][u.block - 1]
+        unit_end_points = (scope, *((f"{root}/block{u.block}",) if last else ()))
+        if version == 1:
+            found += [Tap(f"{scope}/add", ()), Tap(f"{scope}/Relu", unit_end_points)]
+        else:
+            found += [Tap(f"{scope}/preact/Relu", ()), Tap(f"{scope}/add", unit_end_points)]
+    if version == 2:
+        found.append(Tap(f"{root}/postnorm/Relu", ()))
+    return Taps(root, [*found, Tap(None, ("Logits",))])
+
+
 _PAPERS = {
     1: "He, Zhang, Ren, Sun. Deep Residual Learning for Image Recognition. arXiv:1512.03385",
     2: "He, Zhang, Ren, Sun. Identity Mappings in Deep Residual Networks. arXiv:1603.05027",
@@ -129,6 +151,7 @@ def _spec(version: int, depth: int) -> Architecture:
         oracle="models.resnet.oracle",
         oracle_name="TF-Slim",
         paper=_PAPERS[version],
+        taps=taps(version, depth),
     )
 
 

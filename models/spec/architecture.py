@@ -11,6 +11,7 @@ from typing import ClassVar, Iterable
 from models.spec.config import EvalConfig
 from models.spec.kinds import BUFFERS, BatchNorm, ConvBN
 from models.spec.table import AUX_SCOPE, Layer
+from models.spec.taps import Taps
 
 
 class KerasMismatch(ValueError):
@@ -112,6 +113,7 @@ class Architecture:
     keras: KerasAdapter | None = None
     timm_keys: str | None = None  # the timm model whose state-dict keys ours are, if any
     torchvision_keys: str | None = None  # or the torchvision model (VGG: ``vgg16``)
+    taps: Taps | None = None  # every value the model hands out by TF's names (models.spec.taps)
 
     logits_end_points = ("AuxLogits", "Logits")  # class scores: label offset and top-k apply
 

@@ -23,10 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.taps import TapsMixin
 from models.vgg.spec import CONVS, FC_WIDTH, POOL5_SIZE, WIDTHS, block_layout, end_points
 
 
-class VGG(nn.Module):
+class VGG(TapsMixin, nn.Module):
     """A TF-Slim VGG for inference; the subclasses below fix the depth.
 
     Args:
@@ -86,20 +87,18 @@ class VGG(nn.Module):
         """NCHW images, preprocessed as the spec's eval config says -> class scores."""
         return self.classifier(self._flatten(self.features(x)))
 
-    def forward_end_points(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """TF-Slim's end points (NCHW; fc6 and fc7 as [N, 4096, 1, 1], as TF's 1x1 maps), the
-        class scores as ``Logits``."""
-        out: dict[str, torch.Tensor] = {}
+    def _walk(self, x: torch.Tensor, tap) -> None:
+        """The forward pass through ``tap`` at every end point (``models.taps``: ``taps`` and
+        ``forward_end_points``; fc6 and fc7 as [N, 4096, 1, 1], TF's 1x1 maps)."""
         for index, layer in enumerate(self.features):
             x = layer(x)
             if index in self._feature_end_points:
-                out[self._feature_end_points[index]] = x
+                x = tap(self._feature_end_points[index], x)
         x = self.classifier[:2](self._flatten(x))
-        out[f"{self.arch}/fc6"] = x[:, :, None, None]
+        tap(f"{self.arch}/fc6", x[:, :, None, None])
         x = self.classifier[2:5](x)
-        out[f"{self.arch}/fc7"] = x[:, :, None, None]
-        out["Logits"] = self.classifier[5:](x)
-        return out
+        tap(f"{self.arch}/fc7", x[:, :, None, None])
+        tap("Logits", self.classifier[5:](x))
 
 
 class VGG16(VGG, arch="vgg_16"): ...

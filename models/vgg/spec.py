@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.spec import Architecture, ConvBias, layer_kind, table, vgg_eval
+from models.spec import Architecture, ConvBias, Tap, Taps, layer_kind, table, vgg_eval
 
 CONVS = {"vgg_16": (2, 2, 3, 3, 3), "vgg_19": (2, 2, 4, 4, 4)}  # 3x3 convs per block
 WIDTHS = (64, 128, 256, 512, 512)  # each block's channels
@@ -105,6 +105,17 @@ def end_points(name: str) -> tuple[str, ...]:
     return (*names, f"{name}/fc6", f"{name}/fc7", "Logits")
 
 
+def taps(name: str) -> Taps:
+    """Every end point with its tensor in TF-Slim's graph: a conv's or fc's ReLU, a pool's max
+    pool, and fc8's squeeze (``Logits``)."""
+    def tensor(end_point: str) -> str:
+        if end_point == "Logits":
+            return f"{name}/fc8/squeezed"
+        return f"{end_point}/{'MaxPool' if end_point.rsplit('/', 1)[1].startswith('pool') else 'Relu'}"
+
+    return Taps(name, [Tap(tensor(end_point), (end_point,)) for end_point in end_points(name)])
+
+
 def _spec(name: str) -> Architecture:
     depth = name.rsplit("_", 1)[1]
     return Architecture(
@@ -120,6 +131,7 @@ def _spec(name: str) -> Architecture:
         oracle_name="TF-Slim",
         paper=PAPER,
         torchvision_keys=f"vgg{depth}",
+        taps=taps(name),
     )
 
 
