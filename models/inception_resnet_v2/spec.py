@@ -137,4 +137,6 @@ SPEC = Architecture(
     keras=KerasAdapter(application="keras.applications.InceptionResNetV2",
                        named=_keras_names()),
     timm_keys="inception_resnet_v2",
+    # ens_adv_inception_resnet_v2_rename.ckpt, as attack code passes it around (JHL-HUST/VT)
+    aliases=("EnsAdvInceptionResnetV2",),
 )
