@@ -321,3 +321,33 @@ def test_a_hostile_zip_is_refused_with_nothing_written(case, all_, tmp_path):
     assert not (tmp_path / "out").exists()
     assert not _temp_dirs() - before
     assert not (tmp_path / "evil.ckpt.index").exists()
+
+
+# --- Inception-ResNet-v2 (in the suite's Inception-ResNet-v2 group: its checkpoint is shared) --
+
+def test_a_renamed_irv2_checkpoint_ports_exactly_and_its_reference_matches(
+        irv2_checkpoint, irv2_reference, photos, tmp_path):
+    """EnsAdvInceptionResnetV2: same bytes as the unrenamed port; the Keras + TF aux reference
+    read under the renamed scope gives the unrenamed reference's outputs."""
+    from ckpt_tools import read_all, write_checkpoint
+    from models.inception_resnet_v2.oracle import Reference
+
+    prefix = irv2_checkpoint[0]
+    renamed = write_checkpoint(tmp_path / "ens_adv_inception_resnet_v2_rename.ckpt",
+                               _renamed(read_all(prefix), IRV2.tf_root, "EnsAdvInceptionResnetV2"))
+    ported = port_checkpoint(renamed, tmp_path / "r" / "irv2.pth", ONE_THOUSAND_ONE)
+    plain = port_checkpoint(prefix, tmp_path / "p" / "irv2.pth", ONE_THOUSAND_ONE)
+    assert ported.conversion.architecture is IRV2
+    assert read_manifest(ported.manifest).source.root_scope == "EnsAdvInceptionResnetV2"
+    assert ported.written.path.read_bytes() == plain.written.path.read_bytes()
+
+    images = photos[1]
+    reference = Reference.for_checkpoint(renamed, root="EnsAdvInceptionResnetV2")
+    try:
+        out = reference(images)
+    finally:
+        reference.close()
+    for name in ("Logits", "AuxLogits"):
+        np.testing.assert_allclose(out[name], irv2_reference[len(images)][name], rtol=0, atol=1e-5)
+    with pytest.raises(PortError, match="not a TF-Slim Inception-ResNet-v2 checkpoint"):
+        Reference.for_checkpoint(renamed)  # negative control: its names are not TF-Slim's
