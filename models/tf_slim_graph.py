@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from models.calibration import whitened_classifier
-from models.spec import AUX_SCOPE, EMA_SUFFIX, Architecture
+from models.spec import AUX_SCOPE, EMA_SUFFIX, Architecture, with_root
 from models.tf_runtime import import_tensorflow, import_tf_slim, session_config
 from porting.errors import PortError, first_line  # the one porting module models/ imports
 
@@ -54,18 +54,22 @@ def tf1_tensor_identity(tf):
         tf.compat.v1.enable_tensor_equality()
 
 
-def checkpoint_layout(checkpoint_prefix: str | Path, spec: Architecture) -> tuple[int, bool]:
-    """(number of classes, has AuxLogits) of a TF-Slim checkpoint of ``spec``, from its index."""
+def checkpoint_layout(checkpoint_prefix: str | Path, spec: Architecture,
+                      root: str | None = None) -> tuple[int, bool]:
+    """(number of classes, has AuxLogits) of a TF-Slim checkpoint of ``spec``, from its index;
+    ``root``: the root scope it stores them under, where it is a renamed copy
+    (``Architecture.aliases``)."""
     tf = import_tensorflow()
+    root = root or spec.tf_root
     try:
         shapes = dict(tf.train.list_variables(str(checkpoint_prefix)))
     except tf.errors.OpError as err:
         raise PortError(f"{checkpoint_prefix}: TensorFlow cannot read it: {first_line(err)}") from err
-    logits_bias = spec.classifier.variables()["bias"]
+    logits_bias = with_root(spec.classifier.variables()["bias"], spec.tf_root, root)
     if logits_bias not in shapes:
         raise PortError(f"{checkpoint_prefix}: not a TF-Slim {spec.title} checkpoint "
                         f"(no {logits_bias})")
-    return shapes[logits_bias][0], any(name.startswith(f"{spec.tf_root}/{AUX_SCOPE}/")
+    return shapes[logits_bias][0], any(name.startswith(f"{root}/{AUX_SCOPE}/")
                                        for name in shapes)
 
 
@@ -86,7 +90,8 @@ class TFSlimGraph:
     checkpoint has one (what TF-Slim's eval scripts do). ``dtype="float64"`` builds the same
     graph in double precision: TF-Slim creates its variables in the input's dtype (and takes
     its non-fused batch norm, as the fused kernel has no float64), and every value is the
-    checkpoint's, cast.
+    checkpoint's, cast. ``root`` is the root scope of a renamed copy (``AdvInceptionV3``):
+    the graph keeps TF-Slim's own scope, and each variable is read from its name under it.
     """
 
     spec: Architecture
@@ -101,8 +106,9 @@ class TFSlimGraph:
 
     def __init__(self, checkpoint_prefix: str | Path, num_classes: int | None = None,
                  aux: bool | None = None, ema: bool = False, threads: int = 2,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", root: str | None = None):
         tf = import_tensorflow()
+        self.root = root or self.spec.tf_root
         self.num_classes = self.spec.eval.num_classes if num_classes is None else num_classes
         self.aux = self.spec.has_aux if aux is None else aux
         self.graph = tf.Graph()
@@ -127,7 +133,7 @@ class TFSlimGraph:
         variables = tf.compat.v1.global_variables()
         feed = {}
         for var in variables:
-            name = var.op.name
+            name = with_root(var.op.name, self.spec.tf_root, self.root)
             if ema and name + EMA_SUFFIX in stored:
                 name += EMA_SUFFIX
             feed[var.initial_value] = reader.get_tensor(name).astype(var.dtype.as_numpy_dtype)
@@ -136,7 +142,7 @@ class TFSlimGraph:
     @classmethod
     def for_checkpoint(cls, checkpoint_prefix: str | Path, **kwargs) -> "TFSlimGraph":
         """The graph the checkpoint holds: its number of classes, with AuxLogits if it has them."""
-        classes, aux = checkpoint_layout(checkpoint_prefix, cls.spec)
+        classes, aux = checkpoint_layout(checkpoint_prefix, cls.spec, kwargs.get("root"))
         return cls(checkpoint_prefix, num_classes=classes, aux=aux, **kwargs)
 
     def __call__(self, images_nhwc: np.ndarray, end_points=("Logits", "AuxLogits")) -> dict:

@@ -220,9 +220,17 @@ _HELP_FIELDS = {
     "end_points": lambda: _by_architecture(_end_points, of_spec=True),
     "tf_slim_recipes": lambda: _recipes(timm=False),
     "timm_recipes": lambda: _recipes(timm=True),
+    "renamed_scopes": lambda: ", ".join(_renamed_scopes()),
     **{name: (lambda name=name: _bounds()[name]) for name in
        ("logits_bound", "map_bound", "float64_bound", "gradient_bound", "fgsm_step")},
 }
+
+
+def _renamed_scopes() -> list[str]:
+    """The root scopes of renamed copies, as the specs list them (``Architecture.aliases``)."""
+    from models.spec import architectures
+
+    return [alias for spec in architectures().values() for alias in spec.aliases]
 
 
 class _Fields(dict):
@@ -256,14 +264,20 @@ class _FilledCommand(click.Command):
             self.help = template
 
 
-@main.command()
+@main.command(cls=_FilledCommand)
 @click.option("--src", required=True, metavar="CKPT",
               help="Checkpoint prefix, its .index or .data-* file, a folder holding one checkpoint, "
-                   f"a release .tar.gz, or keras.applications {_keras_applications()} "
-                   "weights (.h5 / .weights.h5).")
-@click.option("--dst", required=True, type=click.Path(dir_okay=False), metavar="FILE.pth",
+                   f"a release .tar.gz or .zip, or keras.applications {_keras_applications()} "
+                   "weights (.h5 / .weights.h5). With --all: a folder or archive of checkpoints.")
+@click.option("--dst", required=True, type=click.Path(), metavar="FILE.pth",
               help="Requested output name; the file is written as NAME-<sha256[:8]>.pth (or "
-                   ".safetensors) beside it, with NAME-<sha256[:8]>.json, its manifest.")
+                   ".safetensors) beside it, with NAME-<sha256[:8]>.json, its manifest. With "
+                   "--all: the folder to write into.")
+@click.option("--all", "all_", is_flag=True,
+              help="Port every checkpoint of the --src folder or archive (a bundle), each to "
+                   "DST/<prefix>-<sha256[:8]>.pth (a .ckpt suffix dropped) with its manifest; "
+                   "all of them or, if one fails, none. Without it, a --src holding several "
+                   "checkpoints is an error naming them.")
 @click.option("--num-classes", type=click.Choice(["1000", "1001"]), default="1000", show_default=True,
               help="1000 drops TF-Slim's background class 0 (timm's layout); 1001 keeps TF's outputs.")
 @click.option("--no-aux", is_flag=True, help="Leave out the AuxLogits head (for models built without it).")
@@ -285,7 +299,7 @@ class _FilledCommand(click.Command):
 @_max_unpacked_option()
 @click.option("-v", "--verbose", is_flag=True, help="List every skipped variable.")
 @handles_errors
-def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, force, arch,
+def port(src, dst, all_, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, force, arch,
          allow_nonfinite, max_unpacked_bytes, verbose):
     """Convert a checkpoint to a hashed, reproducible PyTorch state dict (.pth or .safetensors).
 
@@ -293,18 +307,32 @@ def port(src, dst, num_classes, no_aux, fold_bn, ema, reader, fmt, model_card, f
     (global_step, optimizer slots, EMA shadows) are listed and skipped; anything else is an
     error. The same input and options always give the same bytes. A manifest (NAME-<hash>.json:
     source files and their sha256, options, mapped and skipped variables) is written beside it.
+
+    A checkpoint whose root scope was renamed so that several models fit one TF graph
+    ({renamed_scopes}: the aliases in models/<name>/spec.py) ports as its architecture, to the
+    same bytes; the manifest records the scope. A bundle of several checkpoints ports with --all:
+
+    \b
+      port-weights port --src models.zip --dst out/ --all
     """
     from porting.convert import PortOptions
-    from porting.pipeline import port_checkpoint
 
     options = PortOptions(num_classes=int(num_classes), aux=not no_aux, fold_bn=fold_bn, ema=ema,
                           arch=arch, allow_nonfinite=allow_nonfinite)
+    if all_:
+        return _port_all(src, dst, options, reader, fmt, model_card, force, max_unpacked_bytes)
+    context = click.get_current_context()  # --dst names a file here: click's own check
+    click.Path(dir_okay=False).convert(dst, next(p for p in context.command.params
+                                                 if p.name == "dst"), context)
+    from porting.pipeline import port_checkpoint
+
     result = port_checkpoint(src, dst, options, reader=reader, force=force, fmt=fmt,
                              card=model_card, max_unpacked_bytes=max_unpacked_bytes)
     source, conversion, written = result.source, result.conversion, result.written
     where = f"{result.archive}: {source.prefix.name}" if result.archive else source.prefix
     click.echo(f"source   {where} ({source.format}, {result.variable_count} variables)")
-    click.echo(f"model    {conversion.architecture.title} ({conversion.architecture.name})")
+    click.echo(f"model    {conversion.architecture.title} ({conversion.architecture.name})"
+               + _renamed(conversion.renamed_root))
     click.echo(f"mapped   {len(conversion.mapped)} variables -> {len(conversion.state_dict)} "
                f"tensors ({conversion.options.describe()})")  # as applied
     click.echo(f"skipped  {_describe_skipped(conversion.skipped, verbose)}")
@@ -395,8 +423,36 @@ def inspect(src, no_aux, ema, reader, arch, max_unpacked_bytes):
         _inspect(opened, no_aux, ema, arch)
 
 
+def _port_all(src, dst, options, reader, fmt, card, force, max_unpacked_bytes) -> None:
+    """``port --all``: every checkpoint of a bundle, one summary line each (after all of them
+    are in place), progress on stderr."""
+    from porting.pipeline import port_bundle
+
+    def progress(i, count, checkpoint):
+        click.echo(f"porting  {i + 1}/{count} {checkpoint.prefix.name}", err=True)
+
+    entries = port_bundle(src, dst, options, reader=reader, force=force, fmt=fmt or "pth",
+                          card=card, max_unpacked_bytes=max_unpacked_bytes, progress=progress)
+    for entry in entries:
+        state = "unchanged" if entry.written.unchanged else "written"
+        click.echo(f"{entry.source.prefix.name}: {entry.architecture.name}"
+                   f"{_renamed(entry.root_scope)} ({entry.options.describe()}) -> "
+                   f"{entry.written.path} ({state}, sha256 {entry.written.sha256})")
+
+
+def _renamed(root: str | None) -> str:
+    """", renamed root scope <root>" for a renamed copy, "" otherwise."""
+    return f", renamed root scope {root}" if root else ""
+
+
 def _inspect(opened, no_aux: bool, ema: bool, arch: str | None) -> None:
-    from porting.convert import PortOptions, architecture_of, plan, plan_variables
+    from porting.convert import PortOptions, architecture_of, plan, plan_variables, root_scope
+
+    def root_scope_or_none(reader, spec):
+        try:
+            return root_scope(reader, spec)
+        except PortError:  # several copies: the verdict below says so
+            return None
 
     checkpoint = opened.reader
     variables = checkpoint.variables()
@@ -437,7 +493,9 @@ def _inspect(opened, no_aux: bool, ema: bool, arch: str | None) -> None:
     where = f"{opened.archive}: {source.prefix.name}" if opened.archive else source.prefix
     click.echo(f"\nsource   {where} ({source.format}, {len(source.files)} files)")
     if spec is not None:
-        click.echo(f"model    {spec.title} ({spec.name})")
+        root = root_scope_or_none(checkpoint, spec)
+        click.echo(f"model    {spec.title} ({spec.name})"
+                   + _renamed(root if root != spec.tf_root else None))
     click.echo(f"total    {len(variables)} variables, {total:,} bytes ({total / 2**20:.1f} MiB)")
     if verdict is None:
         click.echo(f"mapped   {len(destination)} variables to {len(layers)} PyTorch layers")

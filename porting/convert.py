@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from models.spec import (EMA_SUFFIX, Architecture, ClassLayout, Layer, UnknownArchitecture,
-                         architectures, get_architecture)
+                         architectures, get_architecture, with_root)
 from porting.errors import PortError
 from porting.leftovers import non_model_reason
 from porting.read.api import CheckpointReader
@@ -42,10 +42,17 @@ class Conversion:
     architecture: Architecture | None = None
     options: PortOptions = PortOptions()  # as applied: no aux (or folding) for a net without one
     classes: ClassLayout | None = None  # the checkpoint's classes and those the port keeps
+    root: str | None = None  # the checkpoint's root scope (an alias where it is a renamed copy)
 
     @property
     def source_classes(self) -> int:
         return self.classes.source
+
+    @property
+    def renamed_root(self) -> str | None:
+        """The checkpoint's root scope where it is a renamed copy (``AdvInceptionV3``), else
+        None."""
+        return self.root if self.root != self.architecture.tf_root else None
 
 
 def _fmt_names(names, limit: int = 4) -> str:
@@ -54,18 +61,39 @@ def _fmt_names(names, limit: int = 4) -> str:
     return ", ".join(names[:limit]) + more
 
 
+def _model_roots(variable_names) -> Counter:
+    """Root scope -> number of model variables under it (training leftovers aside)."""
+    return Counter(name.split("/", 1)[0] for name in variable_names
+                   if "/" in name and non_model_reason(name) is None)
+
+
+def _by_root() -> dict[str, Architecture]:
+    """Every root scope an architecture's checkpoints use (its own, and renamed copies'
+    ``aliases``) -> the architecture; a scope claimed twice is a bug in the specs."""
+    by_root: dict[str, Architecture] = {}
+    for spec in architectures().values():
+        for root in (spec.tf_root, *spec.aliases):
+            if root in by_root:
+                raise AssertionError(f"root scope {root} claimed by {by_root[root].name} and "
+                                     f"{spec.name}")
+            by_root[root] = spec
+    return by_root
+
+
 def detect_architecture(variable_names) -> Architecture:
-    """The architecture whose TF-Slim root scope holds the model variables among
-    ``variable_names`` (training leftovers aside); UnknownArchitecture naming the root scopes
-    found otherwise."""
-    roots = Counter(name.split("/", 1)[0] for name in variable_names
-                    if "/" in name and non_model_reason(name) is None)
-    by_root = {spec.tf_root: spec for spec in architectures().values()}
+    """The architecture whose TF-Slim root scope (or a renamed copy's, ``Architecture.aliases``)
+    holds the model variables among ``variable_names`` (training leftovers aside);
+    UnknownArchitecture naming the root scopes found otherwise."""
+    roots = _model_roots(variable_names)
+    by_root = _by_root()
     matches = [by_root[root] for root in roots if root in by_root]
     if len(matches) == 1:
         return matches[0]
     found = ", ".join(f"{root} ({count} variables)" for root, count in roots.most_common(4))
-    known = ", ".join(f"{spec.tf_root} ({spec.name})" for spec in by_root.values())
+    if len({spec.name for spec in matches}) == 1:
+        raise UnknownArchitecture(f"variables of several {matches[0].title} models ({found}); "
+                                  "a port takes a checkpoint of one")
+    known = ", ".join(f"{spec.tf_root} ({spec.name})" for spec in architectures().values())
     if matches:
         raise UnknownArchitecture(f"variables of several architectures ({found}); pass --arch")
     raise UnknownArchitecture(f"no known architecture: root scopes {found or 'none'} "
@@ -85,46 +113,67 @@ def architecture_of(reader: CheckpointReader, options: PortOptions) -> Architect
         raise PortError(f"{path}: {err}") from err
 
 
+def root_scope(reader: CheckpointReader, spec: Architecture) -> str:
+    """The root scope under which ``reader``'s checkpoint stores ``spec``'s variables: its
+    ``tf_root``, or the alias of a renamed copy (``AdvInceptionV3``); ``tf_root`` when it holds
+    neither (the plan then says what is missing). PortError if it holds several copies."""
+    roots = _model_roots(reader.variables())
+    present = [root for root in (spec.tf_root, *spec.aliases) if root in roots]
+    if len(present) > 1:
+        found = ", ".join(f"{root} ({roots[root]} variables)" for root in present)
+        raise PortError(f"{reader.source.files[0]}: variables of several {spec.title} models "
+                        f"({found}); a port takes a checkpoint of one")
+    return present[0] if present else spec.tf_root
+
+
 def plan_variables(reader: CheckpointReader, options: PortOptions,
                    spec: Architecture) -> tuple[list[Layer], dict, dict]:
     """Decide, from the index alone, which layers of ``spec`` to port, where each value comes
-    from, and what is skipped. Returns (layers, source name for each model variable, skipped)."""
+    from, and what is skipped. Returns (layers, source name for each model variable, skipped).
+
+    Source and skipped names are the checkpoint's own: under a renamed root scope
+    (``root_scope``) where the checkpoint is a renamed copy."""
     available = reader.variables()
     path = reader.source.files[0]
+    root = root_scope(reader, spec)
+    stored = {with_root(name, root, spec.tf_root): name for name in available}  # own -> stored
+    own = {name: own_name for own_name, name in stored.items()}                # stored -> own
     layers = [layer for layer in spec.layers if options.aux or not layer.is_aux]
     wanted = {name for layer in layers for name in layer.variables().values()}
     aux_names = {name for layer in spec.layers if layer.is_aux
                  for name in layer.variables().values()}
 
-    if not wanted & available.keys() - aux_names:
+    if not wanted & stored.keys() - aux_names:
         sample = _fmt_names([n for n in available if non_model_reason(n) is None], 3) or "nothing"
         raise PortError(f"{path}: not a TF-Slim {spec.title} checkpoint: none of its "
                         f"{len(wanted)} variables found (it holds {sample})")
-    if options.aux and spec.has_aux and not aux_names & available.keys():
+    if options.aux and spec.has_aux and not aux_names & stored.keys():
         raise PortError(f"{path}: checkpoint has no AuxLogits variables; "
                         "port it with --no-aux")
 
-    shadows = {n[: -len(EMA_SUFFIX)] for n in available if n.endswith(EMA_SUFFIX)}
+    shadows = {n[: -len(EMA_SUFFIX)] for n in stored if n.endswith(EMA_SUFFIX)}
     if options.ema and not shadows & wanted:
         raise PortError(f"{path}: --ema asked for, but the checkpoint holds no "
                         f"{EMA_SUFFIX[1:]} shadow variables of the model")
 
     sources, skipped = {}, {}
-    for name in wanted & available.keys():
+    for name in wanted & stored.keys():
         if options.ema and name in shadows:
-            sources[name] = name + EMA_SUFFIX
-            skipped[name] = "replaced by its moving average (--ema)"
+            sources[name] = stored[name + EMA_SUFFIX]
+            skipped[stored[name]] = "replaced by its moving average (--ema)"
         else:
-            sources[name] = name
-    missing = wanted - available.keys()
+            sources[name] = stored[name]
+    missing = wanted - stored.keys()
     if missing:
-        raise PortError(f"{path}: {len(missing)} model variables missing: {_fmt_names(missing)}")
+        shown = {with_root(name, spec.tf_root, root) for name in missing}
+        raise PortError(f"{path}: {len(missing)} model variables missing: {_fmt_names(shown)}")
 
     unexpected = []
+    used = set(sources.values())
     for name in available:
-        if name in wanted or name in sources.values():
+        if own[name] in wanted or name in used:
             continue
-        if name in aux_names:
+        if own[name] in aux_names:
             skipped[name] = "AuxLogits head left out (--no-aux)"
         elif (reason := non_model_reason(name)) is not None:
             skipped[name] = reason
@@ -183,6 +232,7 @@ class Plan:
     skipped: dict[str, str]   # checkpoint variable -> reason
     layout: "OrderedDict[str, tuple[int, ...]]"
     classes: ClassLayout      # the checkpoint's classes and those the port keeps
+    root: str                 # the root scope its variables are stored under
 
     @property
     def source_classes(self) -> int:
@@ -195,7 +245,7 @@ def plan(reader: CheckpointReader, options: PortOptions) -> Plan:
     layers, sources, skipped = plan_variables(reader, options, spec)
     classes = _check_shapes(reader, spec, layers, sources, options)
     layout = spec.target_layout(options.num_classes, options.aux, options.fold_bn)
-    return Plan(spec, layers, sources, skipped, layout, classes)
+    return Plan(spec, layers, sources, skipped, layout, classes, root_scope(reader, spec))
 
 
 def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> Conversion:
@@ -229,4 +279,4 @@ def convert(reader: CheckpointReader, options: PortOptions = PortOptions()) -> C
     applied = replace(options, aux=options.aux and spec.has_aux,
                       fold_bn=options.fold_bn and spec.folds_batch_norm)
     return Conversion(state_dict, mapped, dict(sorted(skipped.items())),
-                      checked.architecture, applied, checked.classes)
+                      checked.architecture, applied, checked.classes, checked.root)

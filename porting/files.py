@@ -406,11 +406,12 @@ class Outputs:
             if staged.tmp is not None:
                 discard_temporary(staged.tmp)
 
-    def commit(self, last: Path | None = None) -> None:
-        """Rename every staged file into place, in the order staged but ``last`` last (the
-        weights, so that they never stand without their manifest); on failure, remove the ones
-        already renamed and raise PortError naming the file."""
-        self._staged.sort(key=lambda staged: staged.path == last)  # stable: keeps the order
+    def commit(self, last: Path | list[Path] | None = None) -> None:
+        """Rename every staged file into place, in the order staged but ``last`` (a path or a
+        list of them) last (the weights, so that they never stand without their manifest); on
+        failure, remove the ones already renamed and raise PortError naming the file."""
+        lasts = set(last) if isinstance(last, list) else {last}
+        self._staged.sort(key=lambda staged: staged.path in lasts)  # stable: keeps the order
         done = []
         try:
             for staged in self._staged:

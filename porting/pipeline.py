@@ -7,21 +7,26 @@ it, and a model card on request. Nothing here imports torch or TensorFlow (unles
 """
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from models.spec import Architecture
+from porting.errors import PortError
+from porting.read.api import CheckpointReader
 from porting.read.archives import DEFAULT_MAX_BYTES
 from porting.convert import Conversion, PortOptions, convert
 from porting.files import Outputs
 from porting.write.card import model_card
-from porting.write.manifest import (Manifest, OutputRecord, PortOptionsRecord, ToolRecord,
-                                    VariablesRecord, hash_source_files, sidecar, source_record,
-                                    stage_sidecar, tool_version)
-from porting.read.open import open_source
+from porting.write.manifest import (Manifest, OutputRecord, PortOptionsRecord, SourceRecord,
+                                    ToolRecord, VariablesRecord, hash_source_files, sidecar,
+                                    source_record, stage_sidecar, tool_version)
+from porting.read.open import open_bundle, open_source
 from porting.releases.registry import release_for
 from porting.read.sources import CheckpointSource
-from porting.write.hashed import Written, output_format, write_hashed
+from porting.write.hashed import FORMATS, Written, output_format, write_hashed
 
 
 @dataclass(frozen=True)
@@ -40,43 +45,130 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
                     card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> PortResult:
     """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
     fmt = output_format(dst, fmt)
-    with open_source(src, reader, options.arch, max_unpacked_bytes) as opened, \
-            ThreadPoolExecutor(max_workers=1) as hasher:
-        checkpoint = opened.reader
+    with open_source(src, reader, options.arch, max_unpacked_bytes) as opened:
+        staged = _convert(opened.reader, src, opened.archive, opened.published_name, options)
+    # All outputs are staged, then renamed into place together, the weights last.
+    with Outputs(staged.inputs) as outputs:
+        result = _stage(staged, dst, fmt, outputs, force, card)
+        outputs.commit(last=result.written.path)
+    return result
+
+
+@dataclass(frozen=True)
+class BundleEntry:
+    """One checkpoint of a bundle, as ported (its state dict already written and let go)."""
+    source: CheckpointSource  # for an archive: its files as they were while unpacked
+    architecture: Architecture
+    root_scope: str | None    # the renamed root scope, if the checkpoint is a renamed copy
+    options: PortOptions      # as applied
+    written: Written
+    manifest: Path
+    card: Path | None
+
+
+def bundle_output_name(source: CheckpointSource) -> str:
+    """The output name of a bundle's checkpoint: its prefix's name, less a ``.ckpt`` suffix
+    (``adv_inception_v3_rename.ckpt`` -> ``adv_inception_v3_rename``)."""
+    return source.prefix.name.removesuffix(".ckpt") or source.prefix.name
+
+
+def port_bundle(src: str | Path, dst_dir: str | Path, options: PortOptions = PortOptions(),
+                reader: str = "native", force: bool = False, fmt: str = "pth",
+                card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES,
+                progress: Callable[[int, int, CheckpointSource], None] | None = None
+                ) -> list[BundleEntry]:
+    """Port every checkpoint of the folder or archive ``src`` (``open_bundle``) into
+    ``dst_dir``, each to ``<bundle_output_name>-<sha256[:8]>.pth`` with its manifest (and card):
+    all of them or, on any error, none. ``progress(i, count, checkpoint)`` is called before
+    each one."""
+    dst_dir = Path(dst_dir)
+    if dst_dir.exists() and not dst_dir.is_dir():
+        raise PortError(f"{dst_dir}: --all writes into a folder; this is not one")
+    suffix = FORMATS[fmt]
+    with open_bundle(src, max_unpacked_bytes) as bundle:
+        names = [bundle_output_name(source) for source in bundle.checkpoints]
+        twice = sorted(name for name, count in Counter(names).items() if count > 1)
+        if twice:
+            raise PortError(f"{src}: several checkpoints would be written as {twice[0]}"
+                            f"{suffix}; port them one at a time")
+        inputs = (*(f for source in bundle.checkpoints for f in source.files),
+                  *([bundle.archive] if bundle.archive else []))
+        entries = []
+        with Outputs(inputs) as outputs:
+            for i, (source, name) in enumerate(zip(bundle.checkpoints, names)):
+                if progress:
+                    progress(i, len(names), source)
+                checkpoint = bundle.reader(source, reader)
+                try:
+                    staged = _convert(checkpoint, src, bundle.archive,
+                                      source.prefix.name, options)
+                finally:
+                    if hasattr(checkpoint, "close"):
+                        checkpoint.close()
+                result = _stage(staged, dst_dir / f"{name}{suffix}", fmt, outputs, force, card)
+                conversion = result.conversion
+                entries.append(BundleEntry(result.source, conversion.architecture,
+                                           conversion.renamed_root, conversion.options,
+                                           result.written, result.manifest, result.card))
+                del staged, result, conversion  # the state dict is written: let it go
+            outputs.commit(last=[entry.written.path for entry in entries])
+    return entries
+
+
+@dataclass(frozen=True)
+class _Converted:
+    """A checkpoint converted, with what its manifest records, before anything is written."""
+    source: CheckpointSource
+    archive: Path | None
+    published_name: str
+    variable_count: int
+    conversion: Conversion
+    source_record: SourceRecord
+    mapped: dict[str, str]    # stored variable name -> target
+    reader_kind: str
+    inputs: tuple[Path, ...]  # what no output may replace
+
+
+def _convert(checkpoint: CheckpointReader, given, archive: Path | None, published_name: str,
+             options: PortOptions) -> _Converted:
+    with ThreadPoolExecutor(max_workers=1) as hasher:
         # Hashing the source for the manifest runs beside the conversion (hashlib and file
         # reads release the GIL), taking it off the wall time of a port.
-        hashed_files = hasher.submit(hash_source_files, checkpoint.source, opened.archive)
+        hashed_files = hasher.submit(hash_source_files, checkpoint.source, archive)
         conversion = convert(checkpoint, options)
-        options = conversion.options
-        release = release_for(opened.published_name, conversion.architecture.name)
-        source = source_record(src, checkpoint.source, hashed_files.result(), release,
-                               conversion.source_classes)
-        variables = checkpoint.variables()
-        mapped = {checkpoint.stored_name(name): target
-                  for name, target in conversion.mapped.items()}
-        inputs = (*checkpoint.source.files, *([opened.archive] if opened.archive else []))
-    spec = conversion.architecture
+        release = release_for(published_name, conversion.architecture.name)
+        source = source_record(given, checkpoint.source, hashed_files.result(), release,
+                               conversion.source_classes, conversion.renamed_root)
+    mapped = {checkpoint.stored_name(name): target for name, target in conversion.mapped.items()}
+    inputs = (*checkpoint.source.files, *([archive] if archive else []))
+    return _Converted(checkpoint.source, archive, published_name, len(checkpoint.variables()),
+                      conversion, source, mapped, checkpoint.kind, inputs)
+
+
+def _stage(staged: _Converted, dst, fmt: str, outputs: Outputs, force: bool,
+           card: bool) -> PortResult:
+    """Stage the weights of ``staged`` as ``dst``'s hashed sibling, with its manifest (and
+    card), in ``outputs``; the caller commits."""
+    conversion = staged.conversion
+    options, spec = conversion.options, conversion.architecture
     header = {"format": "pt", "model": f"{spec.name} ({spec.package}, TF-Slim exact)",
-              "source": opened.published_name, "options": options.describe()} \
+              "source": staged.published_name, "options": options.describe()} \
         if fmt == "safetensors" else None
     options_record = PortOptionsRecord(
         architecture=spec.name, num_classes=options.num_classes, aux=options.aux,
-        fold_bn=options.fold_bn, ema=options.ema, reader=checkpoint.kind)
-    # All outputs are staged, then renamed into place together, the weights last.
-    with Outputs(inputs) as outputs:
-        written = write_hashed(conversion.state_dict, dst, outputs, force=force, fmt=fmt,
-                               metadata=header)
-        manifest = Manifest(
-            tool=ToolRecord(version=tool_version()), source=source,
-            output=OutputRecord(file=written.path.name, format=fmt, bytes=written.size,
-                                sha256=written.sha256, header_metadata=header),
-            options=options_record,
-            variables=VariablesRecord.of(len(variables), mapped, conversion.skipped))
-        manifest_path = sidecar(written.path, ".json")
-        manifest = stage_sidecar(outputs, manifest_path, manifest, written.sha256, force)
-        card_path = sidecar(written.path, ".md") if card else None
-        if card_path:
-            stage_sidecar(outputs, card_path, model_card(manifest), written.sha256, force)
-        outputs.commit(last=written.path)
-    return PortResult(checkpoint.source, opened.archive, len(variables), conversion,
+        fold_bn=options.fold_bn, ema=options.ema, reader=staged.reader_kind)
+    written = write_hashed(conversion.state_dict, dst, outputs, force=force, fmt=fmt,
+                           metadata=header)
+    manifest = Manifest(
+        tool=ToolRecord(version=tool_version()), source=staged.source_record,
+        output=OutputRecord(file=written.path.name, format=fmt, bytes=written.size,
+                            sha256=written.sha256, header_metadata=header),
+        options=options_record,
+        variables=VariablesRecord.of(staged.variable_count, staged.mapped, conversion.skipped))
+    manifest_path = sidecar(written.path, ".json")
+    manifest = stage_sidecar(outputs, manifest_path, manifest, written.sha256, force)
+    card_path = sidecar(written.path, ".md") if card else None
+    if card_path:
+        stage_sidecar(outputs, card_path, model_card(manifest), written.sha256, force)
+    return PortResult(staged.source, staged.archive, staged.variable_count, conversion,
                       written, manifest_path, card_path)

@@ -72,7 +72,8 @@ def vocabulary() -> Vocabulary:
     shared = {name.lower() for spec in specs for name in spec.logits_end_points}
     names = {}
     for spec in specs:
-        spellings = [spec.name, spec.title, spec.tf_root, spec.timm_keys or spec.name]
+        spellings = [spec.name, spec.title, spec.tf_root, spec.timm_keys or spec.name,
+                     *spec.aliases]
         if spec.keras:
             spellings.append(spec.keras.application.rsplit(".", 1)[-1])
         for spelling in spellings:
@@ -184,6 +185,7 @@ def test_the_vocabulary_holds_what_the_specs_name():
     for spec in specs:
         assert words.architectures[_squeezed(spec.name)] == spec.name
         assert _squeezed(spec.tf_root) in words.architectures
+        assert all(words.architectures[_squeezed(alias)] == spec.name for alias in spec.aliases)
         assert spec.eval.input_size in words.sizes
         leaves = {layer.scope.rsplit("/", 1)[1] for layer in spec.layers}
         assert leaves - {"Logits", "logits"} <= words.layers

@@ -27,7 +27,8 @@ import numpy as np
 
 from models.calibration import whitened_classifier
 from models.inception_resnet_v2.spec import BLOCKS, BN_EPS, FINAL_BLOCK, SPEC
-from models.spec import AUX_SCOPE, EMA_SUFFIX, ClassLayout, KerasAdapter, KerasMismatch
+from models.spec import (AUX_SCOPE, EMA_SUFFIX, ClassLayout, KerasAdapter, KerasMismatch,
+                         with_root)
 from models.tf_slim_graph import BETA_STD, GLOBAL_STEP, checkpoint_layout
 from porting.errors import PortError, first_line
 from models.tf_runtime import import_tensorflow
@@ -435,10 +436,12 @@ class KerasInceptionResNetV2:
     """
 
     def __init__(self, checkpoint_prefix: str | Path, num_classes: int = 1001, aux: bool = True,
-                 ema: bool = False, threads: int = 2, dtype: str = "float32"):
+                 ema: bool = False, threads: int = 2, dtype: str = "float32",
+                 root: str | None = None):
         tf = import_tensorflow()
         _set_threads(tf, threads)
         self.prefix, self.num_classes, self.aux = str(checkpoint_prefix), num_classes, aux
+        self.root = root or SPEC.tf_root  # a renamed copy's root scope (Architecture.aliases)
         self.ema, self.dtype = ema, dtype
         variables = self._read(tf)
         # Keras's classifier has no background class: the checkpoint's leading ones are left out
@@ -466,11 +469,12 @@ class KerasInceptionResNetV2:
                     continue
                 shapes = layer.kind.tf_shapes(layer.shape, self.num_classes)
                 for role, name in layer.variables().items():
-                    if name not in stored:
+                    own = with_root(name, SPEC.tf_root, self.root)  # its name in the file
+                    if own not in stored:
                         raise PortError(f"{self.prefix}: not a TF-Slim Inception-ResNet-v2 "
-                                        f"checkpoint with these options (no {name})")
-                    shadow = name + EMA_SUFFIX
-                    source = shadow if self.ema and shadow in stored else name
+                                        f"checkpoint with these options (no {own})")
+                    shadow = own + EMA_SUFFIX
+                    source = shadow if self.ema and shadow in stored else own
                     if tuple(stored[source]) != tuple(shapes[role]):
                         raise PortError(f"{self.prefix}: {source} has shape "
                                         f"{tuple(stored[source])}, expected {shapes[role]}")
@@ -517,7 +521,7 @@ class KerasInceptionResNetV2:
     @classmethod
     def for_checkpoint(cls, checkpoint_prefix: str | Path, **kwargs) -> "KerasInceptionResNetV2":
         """The model the checkpoint holds: its number of classes, with AuxLogits if it has them."""
-        classes, aux = checkpoint_layout(checkpoint_prefix, SPEC)
+        classes, aux = checkpoint_layout(checkpoint_prefix, SPEC, kwargs.get("root"))
         return cls(checkpoint_prefix, num_classes=classes, aux=aux, **kwargs)
 
     def _tensors(self, names: tuple):

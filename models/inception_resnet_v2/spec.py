@@ -170,4 +170,6 @@ SPEC = Architecture(
                        named=_keras_names()),
     timm_keys="inception_resnet_v2",
     taps=TAPS,
+    # ens_adv_inception_resnet_v2_rename.ckpt, as attack code passes it around (JHL-HUST/VT)
+    aliases=("EnsAdvInceptionResnetV2",),
 )

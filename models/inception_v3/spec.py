@@ -126,4 +126,7 @@ SPEC = Architecture(
     keras=KerasAdapter(application="keras.applications.InceptionV3"),
     timm_keys="inception_v3",
     taps=TAPS,
+    # the renamed copies attack code passes around (JHL-HUST/VT simple_eval.py and others):
+    # adv_ / ens3_adv_ / ens4_adv_inception_v3_rename.ckpt
+    aliases=("AdvInceptionV3", "Ens3AdvInceptionV3", "Ens4AdvInceptionV3"),
 )

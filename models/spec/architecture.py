@@ -114,6 +114,10 @@ class Architecture:
     timm_keys: str | None = None  # the timm model whose state-dict keys ours are, if any
     torchvision_keys: str | None = None  # or the torchvision model (VGG: ``vgg16``)
     taps: Taps | None = None  # every value the model hands out by TF's names (models.spec.taps)
+    # Root scopes that renamed copies of its checkpoints use instead of ``tf_root`` (attack code
+    # renames the root so that several copies fit one TF graph: ``AdvInceptionV3``); only the
+    # root differs (``models.spec.table.with_root``)
+    aliases: tuple[str, ...] = ()
 
     logits_end_points = ("AuxLogits", "Logits")  # class scores: label offset and top-k apply
 

@@ -10,6 +10,15 @@ AUX_SCOPE = "AuxLogits"
 EMA_SUFFIX = "/ExponentialMovingAverage"
 
 
+def with_root(name: str, old: str, new: str) -> str:
+    """``name`` moved from root scope ``old`` to ``new`` (``old/Conv2d_1a_3x3/weights`` ->
+    ``new/Conv2d_1a_3x3/weights``); a name outside ``old`` (``global_step``) is unchanged. The
+    one rule for checkpoints whose root scope was renamed (``Architecture.aliases``): a renamed
+    copy differs from the original in its root scope only."""
+    head, sep, rest = name.partition("/")
+    return f"{new}/{rest}" if sep and head == old else name
+
+
 @dataclass(frozen=True)
 class Layer:
     scope: str          # full TF scope, e.g. "InceptionV3/Mixed_5c/Branch_1/Conv_1_0c_5x5"

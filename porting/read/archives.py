@@ -1,4 +1,4 @@
-"""Release archives (``.tar.gz``) as ``--src``: checked member by member while streaming, the
+"""Release archives (``.tar.gz``) and zip files as ``--src``: checked member by member, the
 members a checkpoint reader needs unpacked into a temporary folder that is removed afterwards.
 
 We do not trust ``tarfile``'s extraction filters alone: every member must be a regular file or a
@@ -33,6 +33,14 @@ the ``checkpoint`` state file of a training folder are read past, not unpacked (
 everything else (``*.index``, ``*.data-?????-of-?????``, V1 table files, and any other file) is
 unpacked as before.
 
+Zip files (bundles of checkpoints passed around by attack code) are held to the same limits
+and member rules: the end-of-central-directory record's member count and directory size are
+checked before ``zipfile`` parses the directory (``MAX_ZIP_ENTRY_BYTES`` per member), every
+member's declared size is counted against the limits before a byte of it is written, the bytes
+actually written are counted too (``zipfile`` checks each member's CRC-32 at its end), and a
+member that is a link (Unix mode in its external attributes), a device, encrypted, or there
+twice refuses the whole file.
+
 The gzip stream is read to its very end, past the tar end-of-archive marker, so that Python's
 ``gzip`` module checks the trailer's CRC32 and length: a damaged archive is refused, not half
 read.
@@ -55,8 +63,10 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
+import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
@@ -64,7 +74,7 @@ from typing import BinaryIO, Iterator
 from porting.errors import PortError, first_line
 from porting.files import hold, open_input, pid_alive, release, stale
 
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 DEFAULT_MAX_BYTES = 4 << 30    # total unpacked bytes; the largest release unpacks to ~230 MB
 DEFAULT_MAX_MEMBERS = 64       # releases hold 1 to 3 members
@@ -72,6 +82,7 @@ DEFAULT_MAX_RATIO = 200        # unpacked : compressed; checkpoint floats compre
 RATIO_EXEMPT_BYTES = 1 << 20   # the ratio is not held against archives unpacking to less
 MAX_HEADER_BYTES = 1 << 20     # one member's header records (pax, GNU long names)
 MAX_DEPTH = 16                 # folders above a member; releases nest at most one
+MAX_ZIP_ENTRY_BYTES = 8192     # one member's central-directory entry (46 bytes + a path name)
 
 SKIPPED_NAMES = frozenset({"checkpoint"})  # the CheckpointState file of a training folder
 SKIPPED_SUFFIXES = (".meta", ".graph")    # MetaGraphDef / GraphDef files: never read by a port
@@ -102,6 +113,19 @@ class _Unreadable(Exception):
     """The archive's bytes are damaged (decompressor error, CRC mismatch, truncation)."""
 
 
+def _check_total(archive: Path, total: int, compressed_size: int, max_bytes: int,
+                 max_ratio: float) -> None:
+    """Refuse if ``total`` unpacked bytes would cross a limit: ``max_bytes``, or ``max_ratio``
+    times the archive's ``compressed_size`` (beyond ``RATIO_EXEMPT_BYTES``)."""
+    if total > max_bytes:
+        raise PortError(f"{archive}: refused: unpacks to more than "
+                        f"{_size(max_bytes)} (--max-unpacked-bytes raises the limit)")
+    if total > RATIO_EXEMPT_BYTES and total > max_ratio * compressed_size:
+        raise PortError(f"{archive}: refused: unpacks to more than {max_ratio:g} "
+                        f"times its compressed size ({_size(compressed_size)}); "
+                        "checkpoint weights compress about 1.1:1")
+
+
 class _LimitedStream:
     """The decompressed tar stream, counted: PortError as soon as a limit is crossed."""
 
@@ -115,13 +139,7 @@ class _LimitedStream:
 
     def check(self, total: int) -> None:
         """Refuse if ``total`` unpacked bytes would cross a limit."""
-        if total > self.max_bytes:
-            raise PortError(f"{self.archive}: refused: unpacks to more than "
-                            f"{_size(self.max_bytes)} (--max-unpacked-bytes raises the limit)")
-        if total > RATIO_EXEMPT_BYTES and total > self.max_ratio * self.compressed_size:
-            raise PortError(f"{self.archive}: refused: unpacks to more than {self.max_ratio:g} "
-                            f"times its compressed size ({_size(self.compressed_size)}); "
-                            "checkpoint weights compress about 1.1:1")
+        _check_total(self.archive, total, self.compressed_size, self.max_bytes, self.max_ratio)
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -172,15 +190,20 @@ def _member_kind(member: tarfile.TarInfo) -> str:
 
 def _safe_parts(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
     """The member's path components, or PortError if it is not a plain file or folder inside."""
-    name = member.name
     if not ((member.isreg() and not member.issparse()) or member.isdir()):
-        raise PortError(f"{archive}: refused: member {name!r} is {_member_kind(member)}")
+        raise PortError(f"{archive}: refused: member {member.name!r} is {_member_kind(member)}")
+    return _inside(archive, member.name, member.isdir())
+
+
+def _inside(archive: Path, name: str, is_dir: bool) -> tuple[str, ...]:
+    """The path components of a member named ``name``, or PortError if the name leads outside
+    the target (absolute, ``..``, backslashes, NUL) or lies more than ``MAX_DEPTH`` deep."""
     path = PurePosixPath(name)
     if path.is_absolute() or name.startswith(("/", "\\")):
         raise PortError(f"{archive}: refused: member {name!r} has an absolute path")
     if any(part == ".." for part in path.parts) or "\\" in name or "\0" in name:
         raise PortError(f"{archive}: refused: member {name!r} points outside the archive")
-    depth = len(path.parts) - (0 if member.isdir() else 1)
+    depth = len(path.parts) - (0 if is_dir else 1)
     if depth > MAX_DEPTH:
         shown = name if len(name) <= 80 else f"{name[:60]}...{name[-16:]}"
         raise PortError(f"{archive}: refused: member {shown!r} is {depth} folders deep (at most "
@@ -238,6 +261,112 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_members: int,
                 _copy(data, path)
                 written += 1
         stream.drain()  # past the end-of-archive marker: gzip checks its CRC32 at the end
+    _any_written(archive, written, skipped)
+
+
+def is_zip(path: Path) -> bool:
+    """Whether ``path`` (a regular file) starts like a zip file (a local file header, or the
+    end record of an empty one)."""
+    with open_input(path, "archive") as raw:
+        return raw.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _zip_directory(archive: Path, raw: BinaryIO, size: int) -> tuple[int, int]:
+    """(members, central-directory bytes) as the end-of-central-directory record declares them
+    (its zip64 record where the classic one overflows), read before ``zipfile`` parses the
+    directory, so that a forged count cannot make it build millions of entries."""
+    tail_size = min(size, 22 + 0xFFFF)  # the record, and a comment of at most 64 KiB
+    raw.seek(size - tail_size)
+    tail = raw.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        raise _Unreadable("no end-of-central-directory record")
+    members, directory = struct.unpack_from("<HI", tail, at + 10)
+    if (members == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 \
+            and tail[at - 20: at - 16] == b"PK\x06\x07":
+        (offset,) = struct.unpack_from("<Q", tail, at - 12)
+        if offset + 56 > size:
+            raise _Unreadable("zip64 end record beyond the file")
+        raw.seek(offset)
+        record = raw.read(56)
+        if record[:4] != b"PK\x06\x06":
+            raise _Unreadable("no zip64 end-of-central-directory record")
+        members, directory = struct.unpack_from("<QQ", record, 32)
+    raw.seek(0)
+    return members, directory
+
+
+_ZIP_REFUSED = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a device"),
+                (stat.S_ISBLK, "a device"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def _zip_member_is_dir(archive: Path, info: zipfile.ZipInfo) -> bool:
+    """Whether a zip member is a folder; PortError if it is neither a folder nor a plain file
+    (its Unix mode, where the zip records one, says a link or a device) or is encrypted."""
+    mode = info.external_attr >> 16
+    for test, what in _ZIP_REFUSED:
+        if mode and test(mode):
+            raise PortError(f"{archive}: refused: member {info.filename!r} is {what}")
+    if info.flag_bits & 0x1:
+        raise PortError(f"{archive}: refused: member {info.filename!r} is encrypted")
+    return info.is_dir() or bool(mode and stat.S_ISDIR(mode))
+
+
+def _unpack_zip(archive: Path, target: Path, max_bytes: int, max_members: int,
+                max_ratio: float) -> None:
+    """Check every member of the zip ``archive``, then write those a reader needs under
+    ``target`` (the limits and rules of the module docstring)."""
+    with open_input(archive, "archive") as raw:
+        size = os.fstat(raw.fileno()).st_size
+        members, directory = _zip_directory(archive, raw, size)
+        if members > max_members:
+            raise PortError(f"{archive}: refused: holds more than {max_members} members "
+                            "(releases hold at most 3)")
+        if directory > max(members, 1) * MAX_ZIP_ENTRY_BYTES:
+            raise PortError(f"{archive}: refused: its central directory ({_size(directory)}) is "
+                            f"larger than {members} members need")
+        with zipfile.ZipFile(raw) as zipped:
+            infos = zipped.infolist()
+            if len(infos) > max_members:
+                raise PortError(f"{archive}: refused: holds more than {max_members} members "
+                                "(releases hold at most 3)")
+            seen, total, plan = set(), 0, []
+            for info in infos:  # every member checked before anything is written
+                is_dir = _zip_member_is_dir(archive, info)
+                parts = _inside(archive, info.filename.rstrip("/") if is_dir else
+                                info.filename, is_dir)
+                if not parts:
+                    continue
+                if parts in seen:
+                    raise PortError(f"{archive}: refused: member {info.filename!r} appears "
+                                    "twice")
+                seen.add(parts)
+                if is_dir or is_skipped(info.filename):
+                    plan.append((info, parts, is_dir))
+                    continue
+                total += info.file_size
+                _check_total(archive, total, size, max_bytes, max_ratio)
+                plan.append((info, parts, is_dir))
+            written, skipped, count = 0, [], 0
+            for info, parts, is_dir in plan:
+                path = target.joinpath(*parts)
+                if is_dir:
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                if is_skipped(info.filename):
+                    skipped.append(info.filename)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with zipped.open(info) as data, open(path, "xb") as out:
+                    while chunk := data.read(_CHUNK):
+                        count += len(chunk)
+                        _check_total(archive, count, size, max_bytes, max_ratio)
+                        out.write(chunk)
+                written += 1
+    _any_written(archive, written, skipped)
+
+
+def _any_written(archive: Path, written: int, skipped: list[str]) -> None:
     if not written:
         if skipped:
             raise PortError(f"{archive}: archive holds no checkpoint (only "
@@ -329,12 +458,16 @@ def unpacked(archive: str | Path, max_bytes: int = DEFAULT_MAX_BYTES,
     bytes unpacked per byte of archive. See the module's docstring for the defaults."""
     archive = Path(archive)
     open_input(archive, "archive").close()  # a regular file (one line otherwise), before any work
+    zipped = is_zip(archive)
     remove_stale_folders()
     with _owned_folder() as tmp:
         try:
-            _unpack(archive, Path(tmp), max_bytes, max_members, max_ratio)
-        except (_Unreadable, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as err:
-            raise PortError(f"{archive}: not a readable tar archive: {first_line(err)}") from err
+            (_unpack_zip if zipped else _unpack)(archive, Path(tmp), max_bytes, max_members,
+                                                 max_ratio)
+        except (_Unreadable, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
+                zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as err:
+            what = "zip file" if zipped else "tar archive"
+            raise PortError(f"{archive}: not a readable {what}: {first_line(err)}") from err
         except OSError as err:
             raise PortError(f"{archive}: cannot unpack: {err.strerror or err}") from err
         yield _checkpoint_folder(Path(tmp))

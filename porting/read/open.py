@@ -4,7 +4,8 @@
 unpacked into a temporary folder for as long as the reader is used), Keras HDF5 weights
 (``porting.read.keras_h5``) or a TF checkpoint in any spelling ``porting.read.sources`` resolves (prefix,
 ``.index``, ``.data-*``, V1 file, folder), read by the native reader (no TensorFlow) or by
-TensorFlow's own (``--reader tf``).
+TensorFlow's own (``--reader tf``). ``open_bundle(src)`` takes a folder or archive holding
+several checkpoints (``port --all``) and finds each.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from porting.errors import PortError
 from porting.read.keras_h5 import KerasReader, is_keras_h5
 from porting.read.native import NativeReader
 from porting.read.api import CheckpointReader
-from porting.read.sources import resolve_source
+from porting.read.sources import CheckpointSource, checkpoints_in, holds, resolve_source
 
 
 def _tf_reader(source) -> CheckpointReader:
@@ -62,9 +63,41 @@ def open_source(src, reader: str = "native", arch: str | None = None,
     archive = Path(src) if is_archive(src) else None
     with (unpacked(archive, max_unpacked_bytes) if archive
           else contextlib.nullcontext(src)) as path:
+        if archive and len(found := checkpoints_in(path)) != 1:  # name the archive, not the
+            raise PortError(f"{archive}: archive holds {holds(found)}")  # folder it unpacked to
         opened = open_reader(path, reader, arch)
         try:
             yield OpenedSource(str(src), opened, archive)
         finally:
             if hasattr(opened, "close"):
                 opened.close()
+
+
+@dataclass(frozen=True)
+class OpenedBundle:
+    given: str                             # --src as the user wrote it
+    archive: Path | None                   # the archive, when --src was one
+    checkpoints: tuple[CheckpointSource, ...]  # for an archive: its unpacked files, while open
+
+    def reader(self, checkpoint: CheckpointSource, reader: str = "native") -> CheckpointReader:
+        return READERS[reader](checkpoint)
+
+
+@contextlib.contextmanager
+def open_bundle(src, max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[OpenedBundle]:
+    """The checkpoints of a folder or archive (``checkpoints_in``; an archive unpacked under
+    its limits for the ``with`` block); PortError naming ``src`` if it is neither or holds
+    none."""
+    archive = Path(src) if is_archive(src) else None
+    if archive is None and not Path(src).is_dir():
+        raise PortError(f"{src}: not a folder or archive of checkpoints (--all ports each "
+                        "checkpoint of one; leave it out to port a single checkpoint)")
+    with (unpacked(archive, max_unpacked_bytes) if archive
+          else contextlib.nullcontext(Path(src))) as folder:
+        try:
+            found = checkpoints_in(folder)
+        except OSError as err:
+            raise PortError(f"{err.filename or src}: cannot read: {err.strerror or err}") from None
+        if not found:
+            raise PortError(f"{src}: {'archive' if archive else 'folder'} holds {holds(found)}")
+        yield OpenedBundle(str(src), archive, tuple(found))

@@ -118,11 +118,20 @@ def _is_v1_file(path: Path) -> bool:
     return _is_regular(path) and not _SUFFIX_RE.search(path.name) and has_table_magic(path)
 
 
-def _checkpoints_in(folder: Path) -> list[CheckpointSource]:
-    """Every checkpoint in ``folder``: V2 by their ``.index``, V1 by their table magic."""
+def checkpoints_in(folder: Path) -> list[CheckpointSource]:
+    """Every checkpoint in ``folder`` (not below it): V2 by their ``.index``, V1 by their table
+    magic; each file regular (``require_regular``). What a bundle (``port --all``) ports."""
     found = [_v2_source(Path(str(p)[: -len(".index")])) for p in sorted(folder.glob("*.index"))]
     v1 = {_v1_source(p).prefix: _v1_source(p) for p in sorted(folder.iterdir()) if _is_v1_file(p)}
     return found + list(v1.values())
+
+
+def holds(found: list[CheckpointSource]) -> str:
+    """What a folder (or archive) holds when it is not exactly one checkpoint, in words."""
+    if not found:
+        return "no checkpoint (*.index or V1 file)"
+    names = ", ".join(c.prefix.name for c in found)
+    return f"{len(found)} checkpoints ({names}); pass one prefix, or port them all with --all"
 
 
 def resolve_source(src: str | Path) -> CheckpointSource:
@@ -139,12 +148,9 @@ def resolve_source(src: str | Path) -> CheckpointSource:
 
 def _resolve(path: Path) -> CheckpointSource:
     if path.is_dir():
-        found = _checkpoints_in(path)
+        found = checkpoints_in(path)
         if len(found) != 1:
-            names = ", ".join(c.prefix.name for c in found)
-            what = "no checkpoint (*.index or V1 file)" if not found else (
-                f"{len(found)} checkpoints ({names}); pass one prefix")
-            raise PortError(f"{path}: folder holds {what}")
+            raise PortError(f"{path}: folder holds {holds(found)}")
         return found[0]
     prefix = Path(_SUFFIX_RE.sub("", str(path)))
     if _exists(Path(f"{prefix}.index")):  # a FIFO or device there is refused, not skipped

@@ -98,7 +98,7 @@ def open_reference(request: VerifyRequest, dtype: str, stack: contextlib.ExitSta
 def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.ExitStack):
     """(SourceInfo, TF reference, architecture) for ``request.src``, kept open on ``stack`` (an
     archive stays unpacked while the reference reads it); TensorFlow is imported here."""
-    from porting.convert import PortOptions, architecture_of
+    from porting.convert import PortOptions, architecture_of, root_scope
     from porting.files import sha256_file
     from porting.read.open import open_source
     from porting.read.sources import V1, V2
@@ -112,8 +112,10 @@ def _checkpoint_source(request: VerifyRequest, dtype: str, stack: contextlib.Exi
     from porting.read.tf import tf_readable_prefix
 
     prefix = stack.enter_context(tf_readable_prefix(source))  # TF globs its prefix
+    root = root_scope(opened.reader, spec)  # a renamed copy's (AdvInceptionV3): read under it
+    renamed = {"root": root} if root != spec.tf_root else {}
     tf_model = spec.oracle_module().Reference.for_checkpoint(prefix, ema=request.ema,
-                                                             dtype=dtype)
+                                                             dtype=dtype, **renamed)
     stack.callback(tf_model.close)
     info = SourceInfo(str(source.prefix), {f.name: sha256_file(f) for f in source.files},
                       tf_model.num_classes, tf_model.aux, request.ema, dtype, spec.name)

@@ -49,9 +49,13 @@ def sidecar(output: Path, suffix: str) -> Path:
 
 # --- the records -----------------------------------------------------------------------------
 # Field order is the file's key order. A field with ``_ABSENT`` metadata may be missing from a
-# file (written before the field existed) and reads as that value.
+# file (written before the field existed) and reads as that value. An ``_OPTIONAL`` field is
+# written only when it is not None (and reads as None when missing): a file without what it
+# records keeps the bytes it had before the field existed.
 
 _ABSENT = "absent"
+_OMITTED = "omitted when None"
+_OPTIONAL = {_ABSENT: None, _OMITTED: True}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +89,9 @@ class SourceRecord:
     url: str | None
     archive: FileRecord | None
     files: tuple[FileRecord, ...]
+    # the root scope of a renamed copy (``AdvInceptionV3``), whose variables are the
+    # architecture's under another root; absent for a checkpoint under the architecture's own
+    root_scope: str | None = field(default=None, metadata=_OPTIONAL)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,7 +245,8 @@ def read_manifest(path: Path) -> Manifest:
 def _plain(record):
     """A record as JSON values, keys in field order (``dataclasses.asdict``; tuples as lists)."""
     if dataclasses.is_dataclass(record):
-        return {f.name: _plain(getattr(record, f.name)) for f in dataclasses.fields(record)}
+        return {f.name: _plain(getattr(record, f.name)) for f in dataclasses.fields(record)
+                if not (f.metadata.get(_OMITTED) and getattr(record, f.name) is None)}
     if isinstance(record, (list, tuple)):
         return [_plain(item) for item in record]
     if isinstance(record, dict):
@@ -354,20 +362,24 @@ def hash_source_files(checkpoint_source, archive: Path | None
 
 def source_record(given: str | Path, checkpoint_source,
                   hashed_files: tuple[FileRecord | None, tuple[FileRecord, ...]],
-                  release: Release | None, num_classes: int) -> SourceRecord:
+                  release: Release | None, num_classes: int,
+                  root_scope: str | None = None) -> SourceRecord:
     """The source as the manifest records it; ``hashed_files`` from ``hash_source_files``.
 
     ``release`` is what the file's name matched; ``release_verified`` says whether its content
     is that release: true only when the archive's sha256 is the one pinned for the release (in
     the registry or releases.lock). An unpacked checkpoint cannot be checked against the
-    archive's digest, so it is never verified."""
+    archive's digest, so it is never verified. ``root_scope`` is the checkpoint's root scope
+    where it is a renamed copy (``AdvInceptionV3``).
+    """
     archive, files = hashed_files
     expected = pinned_sha256(release.name) if release and archive else None
     return SourceRecord(
         given=str(given), format=checkpoint_source.format, num_classes=num_classes,
         checkpoint=checkpoint_source.prefix.name, release=release.name if release else None,
         release_verified=bool(expected) and archive.sha256 == expected,
-        url=release.url if release else None, archive=archive, files=files)
+        url=release.url if release else None, archive=archive, files=files,
+        root_scope=root_scope)
 
 
 def ported_from(weights: Path, sha256: str) -> SourceRecord | None:
