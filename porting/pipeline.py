@@ -15,9 +15,9 @@ from porting.read.archives import DEFAULT_MAX_BYTES
 from porting.convert import Conversion, PortOptions, convert
 from porting.files import Outputs
 from porting.write.card import model_card
-from porting.write.manifest import (Manifest, OutputRecord, PortOptionsRecord, ToolRecord,
-                                    VariablesRecord, hash_source_files, sidecar, source_record,
-                                    stage_sidecar, tool_version)
+from porting.write.manifest import (Manifest, OutputRecord, PortOptionsRecord, SourceRecord,
+                                    ToolRecord, VariablesRecord, hash_source_files, sidecar,
+                                    source_record, stage_sidecar, tool_version)
 from porting.read.open import open_source
 from porting.releases.registry import release_for
 from porting.read.sources import CheckpointSource
@@ -35,11 +35,46 @@ class PortResult:
     card: Path | None
 
 
-def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = PortOptions(),
-                    reader: str = "native", force: bool = False, fmt: str | None = None,
-                    card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> PortResult:
-    """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
-    fmt = output_format(dst, fmt)
+@dataclass(frozen=True)
+class Converted:
+    """A source read and converted, with what its manifest records (``convert_source``)."""
+    source: CheckpointSource  # for an archive: its files as they were while unpacked
+    archive: Path | None
+    published_name: str       # the archive's or checkpoint's name (``OpenedSource``)
+    variable_count: int
+    conversion: Conversion
+    record: SourceRecord
+    mapped: dict[str, str]    # stored variable name -> target
+    inputs: tuple[Path, ...]  # the files read: never an output's name
+    reader: str               # the reader's kind, as recorded
+
+    @property
+    def options_record(self) -> PortOptionsRecord:
+        spec, options = self.conversion.architecture, self.conversion.options
+        return PortOptionsRecord(
+            architecture=spec.name, num_classes=options.num_classes, aux=options.aux,
+            fold_bn=options.fold_bn, ema=options.ema, reader=self.reader)
+
+    def safetensors_header(self) -> dict[str, str]:
+        """What a ``.safetensors`` file of it carries in its header."""
+        spec = self.conversion.architecture
+        return {"format": "pt", "model": f"{spec.name} ({spec.package}, TF-Slim exact)",
+                "source": self.published_name, "options": self.conversion.options.describe()}
+
+    def manifest(self, written: Written, fmt: str, header: dict[str, str] | None) -> Manifest:
+        """The manifest of ``written``, the converted state dict in ``fmt``."""
+        return Manifest(
+            tool=ToolRecord(version=tool_version()), source=self.record,
+            output=OutputRecord(file=written.path.name, format=fmt, bytes=written.size,
+                                sha256=written.sha256, header_metadata=header),
+            options=self.options_record,
+            variables=VariablesRecord.of(self.variable_count, self.mapped,
+                                         self.conversion.skipped))
+
+
+def convert_source(src: str | Path, options: PortOptions = PortOptions(), reader: str = "native",
+                   max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> Converted:
+    """Read and convert the checkpoint at ``src`` (any source ``port`` takes); see the CLI."""
     with open_source(src, reader, options.arch, max_unpacked_bytes) as opened, \
             ThreadPoolExecutor(max_workers=1) as hasher:
         checkpoint = opened.reader
@@ -47,7 +82,6 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         # reads release the GIL), taking it off the wall time of a port.
         hashed_files = hasher.submit(hash_source_files, checkpoint.source, opened.archive)
         conversion = convert(checkpoint, options)
-        options = conversion.options
         release = release_for(opened.published_name, conversion.architecture.name)
         source = source_record(src, checkpoint.source, hashed_files.result(), release,
                                conversion.source_classes)
@@ -55,28 +89,27 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         mapped = {checkpoint.stored_name(name): target
                   for name, target in conversion.mapped.items()}
         inputs = (*checkpoint.source.files, *([opened.archive] if opened.archive else []))
-    spec = conversion.architecture
-    header = {"format": "pt", "model": f"{spec.name} ({spec.package}, TF-Slim exact)",
-              "source": opened.published_name, "options": options.describe()} \
-        if fmt == "safetensors" else None
-    options_record = PortOptionsRecord(
-        architecture=spec.name, num_classes=options.num_classes, aux=options.aux,
-        fold_bn=options.fold_bn, ema=options.ema, reader=checkpoint.kind)
+    return Converted(checkpoint.source, opened.archive, opened.published_name, len(variables),
+                     conversion, source, mapped, inputs, checkpoint.kind)
+
+
+def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = PortOptions(),
+                    reader: str = "native", force: bool = False, fmt: str | None = None,
+                    card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> PortResult:
+    """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
+    fmt = output_format(dst, fmt)
+    converted = convert_source(src, options, reader, max_unpacked_bytes)
+    header = converted.safetensors_header() if fmt == "safetensors" else None
     # All outputs are staged, then renamed into place together, the weights last.
-    with Outputs(inputs) as outputs:
-        written = write_hashed(conversion.state_dict, dst, outputs, force=force, fmt=fmt,
-                               metadata=header)
-        manifest = Manifest(
-            tool=ToolRecord(version=tool_version()), source=source,
-            output=OutputRecord(file=written.path.name, format=fmt, bytes=written.size,
-                                sha256=written.sha256, header_metadata=header),
-            options=options_record,
-            variables=VariablesRecord.of(len(variables), mapped, conversion.skipped))
+    with Outputs(converted.inputs) as outputs:
+        written = write_hashed(converted.conversion.state_dict, dst, outputs, force=force,
+                               fmt=fmt, metadata=header)
+        manifest = converted.manifest(written, fmt, header)
         manifest_path = sidecar(written.path, ".json")
         manifest = stage_sidecar(outputs, manifest_path, manifest, written.sha256, force)
         card_path = sidecar(written.path, ".md") if card else None
         if card_path:
             stage_sidecar(outputs, card_path, model_card(manifest), written.sha256, force)
         outputs.commit(last=written.path)
-    return PortResult(checkpoint.source, opened.archive, len(variables), conversion,
-                      written, manifest_path, card_path)
+    return PortResult(converted.source, converted.archive, converted.variable_count,
+                      converted.conversion, written, manifest_path, card_path)

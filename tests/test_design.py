@@ -475,6 +475,7 @@ WINGS = (
     "weights",     # a ported file back into its model (torch)
     "verify",      # the reference, comparison, report, runners
     "onnx",        # export, graph checks, engines, ONNX verification
+    "publish",     # release folders a model hub hosts (a port, its config and card)
     "predict",     # top-k classes of images
     "demo",        # make demo
     "cli",         # the commands
