@@ -138,6 +138,7 @@ def make_release(src: str | Path, dst: str | Path, *, torch_weights: bool = Fals
     ``timm_distance``: measure timm's distance (default: where timm's model differs)."""
     dst = Path(dst)
     check_folder_target(dst)  # before any work; again once the inputs are known
+    _existing(dst)
     options = PortOptions(num_classes=HUB_CLASSES, aux=False, ema=ema, arch=arch,
                           allow_nonfinite=allow_nonfinite)
     converted = convert_source(src, options, reader, max_unpacked_bytes)

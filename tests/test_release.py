@@ -246,9 +246,13 @@ def test_a_folder_release_did_not_write_is_never_touched(synthetic_ckpt, tmp_pat
     assert os.listdir(folder) == ["notes.txt"] and _leftovers(tmp_path) == []
 
 
-def test_an_empty_folder_is_filled(synthetic_ckpt, tmp_path):
+def test_an_empty_folder_is_filled_and_a_dead_runs_staged_folder_removed(synthetic_ckpt,
+                                                                          tmp_path):
     folder = tmp_path / "empty"
     folder.mkdir()
+    dead = tmp_path / ".empty.999999999.abcd.tmp"  # staged by a process that is gone
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"half")
     _release(synthetic_ckpt, folder, "--no-timm-distance")
     assert set(os.listdir(folder)) == FILES and _leftovers(tmp_path) == []
 
