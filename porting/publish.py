@@ -137,7 +137,7 @@ def make_release(src: str | Path, dst: str | Path, *, torch_weights: bool = Fals
     """Write the release folder ``dst`` of the checkpoint at ``src``; see the module docstring.
     ``timm_distance``: measure timm's distance (default: where timm's model differs)."""
     dst = Path(dst)
-    check_folder_target(dst)  # before any work; again once the inputs are known
+    check_folder_target(dst, (src,))  # before any work; again with every file read
     _existing(dst)
     options = PortOptions(num_classes=HUB_CLASSES, aux=False, ema=ema, arch=arch,
                           allow_nonfinite=allow_nonfinite)
