@@ -345,6 +345,89 @@ def port(src, dst, all_, num_classes, no_aux, fold_bn, ema, reader, fmt, model_c
 
 
 @main.command()
+@click.argument("name", required=False)
+@click.option("--src", metavar="CKPT",
+              help="A checkpoint (any source `port` takes) instead of a release NAME.")
+@click.option("--dst", required=True, type=click.Path(), metavar="DIR",
+              help="The folder to write: new, empty, or a release folder written before "
+                   "(replaced only with --force unless it holds the same weights).")
+@click.option("--pytorch-bin", is_flag=True,
+              help="Also write pytorch_model.bin (torch.save's format) beside "
+                   "model.safetensors, as timm's push_to_hf_hub does.")
+@click.option("--timm-distance/--no-timm-distance", default=None,
+              help="Measure how far timm's model of the same keys is from TF's logits on the "
+                   "photos (needs torch and timm)  [default: where timm's model does not "
+                   "compute TF's logits; without it the card says: not measured]")
+@click.option("--ema", is_flag=True,
+              help="Use the ExponentialMovingAverage shadow of each variable where the "
+                   "checkpoint has one.")
+@click.option("--reader", type=_reader_choice(), default="native", show_default=True,
+              help="Checkpoint reader: native (no TensorFlow) or tf (TensorFlow's).")
+@_arch_option("the checkpoint")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Port NaN/Inf weights instead of refusing the checkpoint.")
+@_max_unpacked_option()
+@click.option("--force", is_flag=True,
+              help="Replace a release folder of other weights.")
+@handles_errors
+def release(name, src, dst, pytorch_bin, timm_distance, ema, reader, arch, allow_nonfinite,
+            max_unpacked_bytes, force):
+    """Write a folder a model hub hosts as it is: weights, config.json, model card, manifest.
+
+    NAME is a release downloaded by `port-weights fetch NAME` (looked for where fetch puts
+    it); --src takes any checkpoint instead. The folder holds model.safetensors (1000
+    ImageNet classes, TF-Slim's background class dropped: TF's index = index + 1; no aux
+    head), config.json in timm's schema (architecture, num_classes, num_features,
+    pretrained_cfg) with a tf_porting block (source and its sha256, options, tool, weights,
+    parity, what timm computes), README.md (a model card with front matter) and model.json
+    (the port's manifest). The same source and options give the same bytes.
+
+    \b
+    Where timm's model computes TF's logits with these weights, config.json names it:
+      timm.create_model("local-dir:DIR", pretrained=True)
+    loads the folder strictly. Where it does not, config.json names no architecture and the
+    card gives the distance measured on the photos (--timm-distance) and how to get TF's
+    numbers (tf-porting's model). `port-weights verify --src CKPT --weights
+    DIR/model.safetensors` records the parity in model.json; running `release` again carries
+    it into config.json and the card.
+    """
+    from porting.publish import make_release, release_archive
+
+    if (name is None) == (src is None):
+        raise click.UsageError("give a release NAME or --src CKPT (one of them)")
+    if src == "" or dst == "":
+        raise click.UsageError("--src and --dst need a name")
+    source = release_archive(name) if name else src
+    result = make_release(source, dst, torch_weights=pytorch_bin, ema=ema, arch=arch,
+                          reader=reader, allow_nonfinite=allow_nonfinite,
+                          max_unpacked_bytes=max_unpacked_bytes, force=force,
+                          timm_distance=timm_distance)
+    converted, config = result.converted, result.config
+    spec = converted.conversion.architecture
+    where = f"{converted.archive}: {converted.source.prefix.name}" if converted.archive \
+        else converted.source.prefix
+    click.echo(f"source   {where} ({converted.source.format}, "
+               f"{converted.variable_count} variables)")
+    click.echo(f"model    {spec.title} ({spec.name}), "
+               f"{converted.conversion.options.describe()}")
+    click.echo(f"folder   {result.folder} ({result.state})")
+    for record in result.files:
+        click.echo(f"  {record.name:<19} {record.bytes:>11,} bytes  sha256 {record.sha256}")
+    timm = config.tf_porting.timm
+    if config.architecture:
+        click.echo(f"timm     architecture {config.architecture}: "
+                   f"timm.create_model(\"local-dir:{result.folder}\", pretrained=True)")
+    elif timm is None:
+        click.echo("timm     none: no timm model has these keys")
+    elif timm.distance is None:
+        click.echo(f"timm     none: {timm.model} differs from TF (distance not measured)")
+    else:
+        d = timm.distance
+        click.echo(f"timm     none: {timm.model} differs from TF by up to {d.max_abs_diff:.3g} "
+                   f"in the logits (bound {d.tolerance:.3g}), top-1 {d.top1_agree}/{d.images}")
+
+
+@main.command()
 @click.argument("name")
 @click.option("--dest", type=click.Path(file_okay=False), metavar="DIR",
               help="Folder to download into  [default: checkpoints/ in the working folder, or "

@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import sys
 import tempfile
@@ -158,13 +159,15 @@ def release(path: Path) -> None:
 
 
 def unowned(path: Path) -> bool:
-    """Whether ``path`` is a regular file whose lock nobody holds: its owner is gone."""
+    """Whether ``path`` is a regular file (or a staged folder) whose lock nobody holds: its
+    owner is gone."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -196,14 +199,18 @@ def stale(owned: Path, pid: int) -> bool:
 # --- temporaries ---------------------------------------------------------------------------
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.NAME.<pid>.*.tmp`` beside ``path`` whose writer is gone (``stale``)."""
+    """Remove ``.NAME.<pid>.*.tmp`` beside ``path`` whose writer is gone (``stale``): files,
+    and folders staged whole (``temporary_folder_beside``)."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^./]+\.tmp")
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
             match = pattern.fullmatch(entry.name)
             if match and stale(Path(entry.path), int(match.group(1))):
                 with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
 
 
 def temporary_beside(path: Path) -> tuple[int, Path]:
@@ -443,6 +450,78 @@ class Outputs:
 
     def __exit__(self, *exc) -> None:
         self.abandon()
+
+
+# --- a folder as one output ------------------------------------------------------------------
+# A command whose output is a whole folder (``release``) stages it as a private folder
+# ``.NAME.<pid>.XXXX.tmp`` beside it, held as a staged file is (removed by a later run once its
+# owner is gone), writes every file into it through ``Outputs``, and renames it into place
+# whole: the folder appears with all its files or not at all.
+
+def check_folder_target(path: Path, inputs=()) -> None:
+    """PortError unless ``path`` may be an output folder: a name (not a stream, a link or a
+    file), holding no input of the command, inside no input either."""
+    path = Path(path)
+    if str(path) == "" or path.name in ("", ".", ".."):
+        raise PortError(f"{str(path)!r}: not a folder name")
+    if path.is_symlink():
+        raise PortError(f"{path}: refused: a symbolic link (give its target, or another name)")
+    if path.exists() and not path.is_dir():
+        raise PortError(f"{path}: refused: exists and is not a folder")
+    folder = path.resolve()
+    for given in inputs:
+        given = Path(given).resolve()
+        if folder == given or folder in given.parents or given in folder.parents:
+            raise PortError(f"{path}: refused: it holds or is {given}, an input of this command")
+
+
+@contextlib.contextmanager
+def staged_folder(path: Path):
+    """Yields a new private folder beside ``path`` (the same file system), held while it
+    lives; removed with everything in it unless ``place_folder`` moved it into place."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        while True:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                        dir=path.parent))
+            try:
+                hold(tmp)
+                break
+            except FileNotFoundError:  # swept before it was held: make another
+                continue
+    except OSError as err:
+        raise cannot_write(path, err) from err
+    try:
+        yield tmp
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        release(tmp)
+
+
+def place_folder(tmp: Path, path: Path, replace: bool = False) -> None:
+    """Rename the staged folder ``tmp`` to ``path``: a new name or an empty folder; a folder
+    with files in it only with ``replace``, which moves the old one aside first and removes
+    it once the new one stands (put back if the rename fails or is interrupted)."""
+    tmp, path = Path(tmp), Path(path)
+    os.chmod(tmp, 0o755)  # mkdtemp's folder is private
+    try:
+        if not replace or not path.exists() or not any(path.iterdir()):
+            os.rename(tmp, path)  # onto an empty folder too: rename(2) replaces it
+            return
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                                      dir=path.parent))
+        os.rename(path, aside)  # onto the empty folder just made
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(aside, path)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
+    except OSError as err:
+        raise cannot_write(path, err) from err
 
 
 def write_output(path: Path, payload: bytes, inputs=()) -> None:

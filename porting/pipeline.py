@@ -45,11 +45,10 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
                     card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> PortResult:
     """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
     fmt = output_format(dst, fmt)
-    with open_source(src, reader, options.arch, max_unpacked_bytes) as opened:
-        staged = _convert(opened.reader, src, opened.archive, opened.published_name, options)
+    converted = convert_source(src, options, reader, max_unpacked_bytes)
     # All outputs are staged, then renamed into place together, the weights last.
-    with Outputs(staged.inputs) as outputs:
-        result = _stage(staged, dst, fmt, outputs, force, card)
+    with Outputs(converted.inputs) as outputs:
+        result = _stage(converted, dst, fmt, outputs, force, card)
         outputs.commit(last=result.written.path)
     return result
 
@@ -100,37 +99,68 @@ def port_bundle(src: str | Path, dst_dir: str | Path, options: PortOptions = Por
                     progress(i, len(names), source)
                 checkpoint = bundle.reader(source, reader)
                 try:
-                    staged = _convert(checkpoint, src, bundle.archive,
-                                      source.prefix.name, options)
+                    converted = _convert(checkpoint, src, bundle.archive,
+                                         source.prefix.name, options)
                 finally:
                     if hasattr(checkpoint, "close"):
                         checkpoint.close()
-                result = _stage(staged, dst_dir / f"{name}{suffix}", fmt, outputs, force, card)
+                result = _stage(converted, dst_dir / f"{name}{suffix}", fmt, outputs, force,
+                                card)
                 conversion = result.conversion
                 entries.append(BundleEntry(result.source, conversion.architecture,
                                            conversion.renamed_root, conversion.options,
                                            result.written, result.manifest, result.card))
-                del staged, result, conversion  # the state dict is written: let it go
+                del converted, result, conversion  # the state dict is written: let it go
             outputs.commit(last=[entry.written.path for entry in entries])
     return entries
 
 
 @dataclass(frozen=True)
-class _Converted:
-    """A checkpoint converted, with what its manifest records, before anything is written."""
-    source: CheckpointSource
+class Converted:
+    """A source read and converted, with what its manifest records (``convert_source``)."""
+    source: CheckpointSource  # for an archive: its files as they were while unpacked
     archive: Path | None
-    published_name: str
+    published_name: str       # the archive's or checkpoint's name (``OpenedSource``)
     variable_count: int
     conversion: Conversion
-    source_record: SourceRecord
+    record: SourceRecord
     mapped: dict[str, str]    # stored variable name -> target
-    reader_kind: str
-    inputs: tuple[Path, ...]  # what no output may replace
+    inputs: tuple[Path, ...]  # the files read: never an output's name
+    reader: str               # the reader's kind, as recorded
+
+    @property
+    def options_record(self) -> PortOptionsRecord:
+        spec, options = self.conversion.architecture, self.conversion.options
+        return PortOptionsRecord(
+            architecture=spec.name, num_classes=options.num_classes, aux=options.aux,
+            fold_bn=options.fold_bn, ema=options.ema, reader=self.reader)
+
+    def safetensors_header(self) -> dict[str, str]:
+        """What a ``.safetensors`` file of it carries in its header."""
+        spec = self.conversion.architecture
+        return {"format": "pt", "model": f"{spec.name} ({spec.package}, TF-Slim exact)",
+                "source": self.published_name, "options": self.conversion.options.describe()}
+
+    def manifest(self, written: Written, fmt: str, header: dict[str, str] | None) -> Manifest:
+        """The manifest of ``written``, the converted state dict in ``fmt``."""
+        return Manifest(
+            tool=ToolRecord(version=tool_version()), source=self.record,
+            output=OutputRecord(file=written.path.name, format=fmt, bytes=written.size,
+                                sha256=written.sha256, header_metadata=header),
+            options=self.options_record,
+            variables=VariablesRecord.of(self.variable_count, self.mapped,
+                                         self.conversion.skipped))
+
+
+def convert_source(src: str | Path, options: PortOptions = PortOptions(), reader: str = "native",
+                   max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> Converted:
+    """Read and convert the checkpoint at ``src`` (any source ``port`` takes); see the CLI."""
+    with open_source(src, reader, options.arch, max_unpacked_bytes) as opened:
+        return _convert(opened.reader, src, opened.archive, opened.published_name, options)
 
 
 def _convert(checkpoint: CheckpointReader, given, archive: Path | None, published_name: str,
-             options: PortOptions) -> _Converted:
+             options: PortOptions) -> Converted:
     with ThreadPoolExecutor(max_workers=1) as hasher:
         # Hashing the source for the manifest runs beside the conversion (hashlib and file
         # reads release the GIL), taking it off the wall time of a port.
@@ -141,34 +171,22 @@ def _convert(checkpoint: CheckpointReader, given, archive: Path | None, publishe
                                conversion.source_classes, conversion.renamed_root)
     mapped = {checkpoint.stored_name(name): target for name, target in conversion.mapped.items()}
     inputs = (*checkpoint.source.files, *([archive] if archive else []))
-    return _Converted(checkpoint.source, archive, published_name, len(checkpoint.variables()),
-                      conversion, source, mapped, checkpoint.kind, inputs)
+    return Converted(checkpoint.source, archive, published_name, len(checkpoint.variables()),
+                     conversion, source, mapped, inputs, checkpoint.kind)
 
 
-def _stage(staged: _Converted, dst, fmt: str, outputs: Outputs, force: bool,
+def _stage(converted: Converted, dst, fmt: str, outputs: Outputs, force: bool,
            card: bool) -> PortResult:
-    """Stage the weights of ``staged`` as ``dst``'s hashed sibling, with its manifest (and
+    """Stage the weights of ``converted`` as ``dst``'s hashed sibling, with its manifest (and
     card), in ``outputs``; the caller commits."""
-    conversion = staged.conversion
-    options, spec = conversion.options, conversion.architecture
-    header = {"format": "pt", "model": f"{spec.name} ({spec.package}, TF-Slim exact)",
-              "source": staged.published_name, "options": options.describe()} \
-        if fmt == "safetensors" else None
-    options_record = PortOptionsRecord(
-        architecture=spec.name, num_classes=options.num_classes, aux=options.aux,
-        fold_bn=options.fold_bn, ema=options.ema, reader=staged.reader_kind)
-    written = write_hashed(conversion.state_dict, dst, outputs, force=force, fmt=fmt,
+    header = converted.safetensors_header() if fmt == "safetensors" else None
+    written = write_hashed(converted.conversion.state_dict, dst, outputs, force=force, fmt=fmt,
                            metadata=header)
-    manifest = Manifest(
-        tool=ToolRecord(version=tool_version()), source=staged.source_record,
-        output=OutputRecord(file=written.path.name, format=fmt, bytes=written.size,
-                            sha256=written.sha256, header_metadata=header),
-        options=options_record,
-        variables=VariablesRecord.of(staged.variable_count, staged.mapped, conversion.skipped))
+    manifest = converted.manifest(written, fmt, header)
     manifest_path = sidecar(written.path, ".json")
     manifest = stage_sidecar(outputs, manifest_path, manifest, written.sha256, force)
     card_path = sidecar(written.path, ".md") if card else None
     if card_path:
         stage_sidecar(outputs, card_path, model_card(manifest), written.sha256, force)
-    return PortResult(staged.source, staged.archive, staged.variable_count, conversion,
-                      written, manifest_path, card_path)
+    return PortResult(converted.source, converted.archive, converted.variable_count,
+                      converted.conversion, written, manifest_path, card_path)

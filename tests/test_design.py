@@ -478,6 +478,7 @@ WINGS = (
     "verify",      # the reference, comparison, report, runners
     "compare",     # foreign weight files (timm, torchvision, ...) against the checkpoint
     "onnx",        # export, graph checks, engines, ONNX verification
+    "publish",     # release folders a model hub hosts (a port, its config and card)
     "predict",     # top-k classes of images
     "demo",        # make demo
     "cli",         # the commands

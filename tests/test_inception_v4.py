@@ -6,7 +6,8 @@ at batch 1 and 10 for the 1001, 1000, ``--no-aux`` and ``--fold-bn`` outputs.
 The oracle is code we wrote, so it is cross-checked with code we did not: timm's
 ``inception_v4``, which loads the ``--no-aux`` file strictly, computes TF's logits within the
 bound, follows TF's end points block by block with float32 rounding that grows smoothly, and
-equals the TF graph in float64 (1e-10), as ``verify --float64`` shows ours does.
+equals the TF graph in float64 (1e-10), as ``verify --float64`` shows ours does. timm also
+loads the folder ``port-weights release`` writes (``local-dir:``) and computes TF's logits.
 
 The whole module is one xdist group (conftest): its TF side is built once.
 """
@@ -217,6 +218,29 @@ def test_timm_loads_the_no_aux_file_and_computes_tfs_logits(v4, timm_model):
     parity = compare(ours["Logits"], v4.expected("Logits", classes=1000))
     print(f"timm's logits: {parity}")
     assert parity.passed and parity.top1_agree == parity.top5_agree == len(v4.images)
+
+
+def test_timm_loads_the_release_folder_strictly_and_computes_tfs_logits(v4, tmp_path):
+    """``port-weights release``'s folder: ``timm.create_model("local-dir:DIR",
+    pretrained=True)`` reads its config.json and model.safetensors, loads strictly, and
+    computes TF's logits; compared without the label offset (TF's background row first) the
+    same logits fail (negative control)."""
+    folder = tmp_path / "inception_v4"
+    result = _run("release", "--src", v4.checkpoint, "--dst", folder)
+    assert result.exit_code == 0, result.output
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architecture"] == "inception_v4" and config["num_features"] == 1536
+    cfg = config["pretrained_cfg"]
+    assert (cfg["first_conv"], cfg["classifier"], cfg["pool_size"]) == \
+        ("features.0.conv", "last_linear", [8, 8])
+    model = _timm().create_model(f"local-dir:{folder}", pretrained=True).eval()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(v4.images).permute(0, 3, 1, 2)).numpy()
+    parity = compare(logits, v4.expected("Logits", classes=1000))
+    print(f"timm local-dir vs TF: {parity}")
+    assert parity.passed and parity.top1_agree == parity.top5_agree == len(v4.images)
+    wrong = compare(logits, v4.tf[10]["Logits"][:, :1000])
+    assert not wrong.passed
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ Module names are timm's ``inception_resnet_v2`` keys (``conv2d_1a``, ``mixed_5b`
 convs are ``nn.Sequential``s in TF-Slim's order), so a file without the aux head loads into
 ``timm.create_model("inception_resnet_v2")``; the aux head, which timm lacks, is ``AuxLogits.*``.
 """
-from models.spec import Architecture, KerasAdapter, Tap, Taps, base_scope, inception_eval, slim_op, table
+from models.spec import (Architecture, KerasAdapter, Tap, Taps, TimmFacts, base_scope,
+                         inception_eval, slim_op, table)
 
 BN_EPS = 1e-3  # inception_resnet_v2_arg_scope's batch_norm_epsilon (no gamma: scale=False)
 ROOT = "InceptionResnetV2"
@@ -168,7 +169,9 @@ SPEC = Architecture(
           "Residual Connections on Learning. arXiv:1602.07261",
     keras=KerasAdapter(application="keras.applications.InceptionResNetV2",
                        named=_keras_names()),
-    timm_keys="inception_resnet_v2",
+    # timm's pools exclude padding as TF's do: it computes TF's logits with a 1000-class
+    # file without the aux head (tests/test_release.py, through a release folder)
+    timm=TimmFacts(model="inception_resnet_v2", computes_tf=True, pool_size=(8, 8)),
     taps=TAPS,
     # ens_adv_inception_resnet_v2_rename.ckpt, as attack code passes it around (JHL-HUST/VT)
     aliases=("EnsAdvInceptionResnetV2",),

@@ -6,7 +6,7 @@ The table keeps TF-Slim's name quirks verbatim (Mixed_5c's ``Conv2d_0b_1x1``/``C
 Mixed_6a's 3x3 convs named ``*_1x1``, Mixed_7b's ``Conv2d_0b_3x1`` vs Mixed_7c's
 ``Conv2d_0c_3x1``). Module names are timm's and torchvision's ``inception_v3`` keys.
 """
-from models.spec import Architecture, KerasAdapter, inception_eval, inception_taps, table
+from models.spec import Architecture, KerasAdapter, TimmFacts, inception_eval, inception_taps, table
 
 BN_EPS = 1e-3  # inception_v3_arg_scope's batch_norm_epsilon (no gamma: scale=False)
 ROOT = "InceptionV3"
@@ -124,7 +124,12 @@ SPEC = Architecture(
     paper="Szegedy, Vanhoucke, Ioffe, Shlens, Wojna. Rethinking the Inception Architecture "
           "for Computer Vision. arXiv:1512.00567",
     keras=KerasAdapter(application="keras.applications.InceptionV3"),
-    timm_keys="inception_v3",
+    timm=TimmFacts(
+        model="inception_v3", computes_tf=False, pool_size=(8, 8),
+        differs="timm's (and torchvision's) inception_v3 count the zero padding in the 3x3 "
+                "average pools of its Inception blocks (count_include_pad=True), TF's SAME "
+                "pools divide by the real inputs only: near the borders every such pool "
+                "differs, and so do the logits"),
     taps=TAPS,
     # the renamed copies attack code passes around (JHL-HUST/VT simple_eval.py and others):
     # adv_ / ens3_adv_ / ens4_adv_inception_v3_rename.ckpt

@@ -18,7 +18,7 @@ classifier ``last_linear``; so a file without the aux head loads into
 ``timm.create_model("inception_v4")`` as it is. The aux head, which timm lacks, is
 ``AuxLogits.*``, between ``features`` and ``last_linear`` in the state dict.
 """
-from models.spec import Architecture, inception_eval, inception_taps, table
+from models.spec import Architecture, TimmFacts, inception_eval, inception_taps, table
 
 BN_EPS = 1e-3  # inception_utils.inception_arg_scope's batch_norm_epsilon (no gamma: scale=False)
 ROOT = "InceptionV4"
@@ -142,6 +142,8 @@ SPEC = Architecture(
     oracle_name="TF graph of research/slim's inception_v4 (tf_slim layers)",
     paper="Szegedy, Ioffe, Vanhoucke, Alemi. Inception-v4, Inception-ResNet and the Impact of "
           "Residual Connections on Learning. arXiv:1602.07261",
-    timm_keys="inception_v4",
+    # timm computes TF's logits with a 1000-class file without the aux head
+    # (tests/test_inception_v4.py, loaded as it is and through a release folder)
+    timm=TimmFacts(model="inception_v4", computes_tf=True, pool_size=(8, 8)),
     taps=TAPS,
 )

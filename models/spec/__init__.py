@@ -11,7 +11,7 @@ A layer kind is defined once, here: which TF variables live under its scope, whi
 it fills (plain and with batch norm folded), the shape rule between the two and the transform.
 The tests check each table against its PyTorch model's ``state_dict()`` for every variant.
 """
-from models.spec.architecture import Architecture, KerasAdapter, KerasMismatch
+from models.spec.architecture import Architecture, KerasAdapter, KerasMismatch, TimmFacts
 from models.spec.config import ClassLayout, EvalConfig, inception_eval, vgg_eval
 from models.spec.discovery import (UnknownArchitecture, architecture_of_model,
                                    architecture_of_state_dict, architectures, folders,

@@ -98,6 +98,27 @@ class KerasAdapter:
 
 
 @dataclass(frozen=True)
+class TimmFacts:
+    """How timm sees this architecture's ports: the facts of timm's pretrained cfg that the
+    ``EvalConfig`` does not hold (a release folder's ``config.json``,
+    ``porting.write.hub``), as timm keeps them beside each model.
+
+    ``model`` is the timm model whose state-dict keys ours are (a 1000-class file without the
+    aux head loads into it strictly). ``computes_tf`` says whether, with these weights, it
+    computes TF's logits: measured by the tests against TF's own outputs; where it does not,
+    ``differs`` says why, in words, and a release folder does not name it as its
+    ``architecture`` (the model card gives the distance measured on the photos instead)."""
+    model: str                   # timm's registered model name
+    computes_tf: bool            # with these weights, TF's logits within verify's bound (tested)
+    pool_size: tuple[int, int]   # the classifier's input map at eval.input_size (timm's pool_size)
+    differs: str | None = None   # when it does not compute TF's logits: why
+
+    def __post_init__(self):
+        if self.computes_tf == (self.differs is not None):
+            raise ValueError(f"{self.model}: say why timm's model differs, and only then")
+
+
+@dataclass(frozen=True)
 class Architecture:
     name: str                 # the folder, and what --arch takes: "inception_v3"
     title: str                # "Inception v3"
@@ -111,7 +132,7 @@ class Architecture:
     oracle_name: str          # what that reference is, as reports name it
     paper: str
     keras: KerasAdapter | None = None
-    timm_keys: str | None = None  # the timm model whose state-dict keys ours are, if any
+    timm: TimmFacts | None = None  # the timm model whose state-dict keys ours are, if any
     torchvision_keys: str | None = None  # or the torchvision model (VGG: ``vgg16``)
     taps: Taps | None = None  # every value the model hands out by TF's names (models.spec.taps)
     # Root scopes that renamed copies of its checkpoints use instead of ``tf_root`` (attack code
@@ -124,6 +145,24 @@ class Architecture:
     @property
     def classifier(self) -> Layer:
         return next(layer for layer in self.layers if layer.module == self.eval.classifier)
+
+    @property
+    def timm_keys(self) -> str | None:
+        """The timm model whose state-dict keys ours are, if any."""
+        return self.timm.model if self.timm else None
+
+    @property
+    def first_conv(self) -> str:
+        """The module of the first convolution (timm's ``first_conv``): what its weight's key
+        names, e.g. ``features.0.conv``."""
+        key = next(iter(self.target_layout(self.eval.num_classes, aux=False)))
+        return key.rpartition(".")[0]
+
+    @property
+    def num_features(self) -> int:
+        """Inputs of the main classifier (timm's ``num_features``)."""
+        return self.target_layout(self.eval.num_classes, aux=False)[
+            f"{self.eval.classifier}.weight"][1]
 
     @property
     def has_aux(self) -> bool:

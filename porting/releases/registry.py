@@ -56,6 +56,10 @@ class Release:
     sha256: str | None        # of the archive; None until a maintainer pins it
     sha256_note: str
     listed_in: Path           # the folder's releases.json that lists it (and pins its digest)
+    # The license the checkpoint is published under, as a model hub names it: TF-Slim's model
+    # zoo publishes its checkpoints with tensorflow/models, under the Apache License 2.0 (as
+    # timm's ports of them say); a release list may state another ("license" in its entry).
+    license: str = "apache-2.0"
 
     # The class facts are the architecture's: read from its spec, never listed per release.
     @property

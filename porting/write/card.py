@@ -36,11 +36,11 @@ def classes_line(layout: ClassLayout) -> str:
             "(no background class)")
 
 
-def _channels(values) -> str:
+def channels(values) -> str:
     return str(values[0]) if len(set(values)) == 1 else ", ".join(f"{v:.4g}" for v in values)
 
 
-def _crop_line(prep) -> str:
+def crop_line(prep) -> str:
     if prep.method == "vgg":
         return f"resize the shorter side to {prep.resize_side}, then central crop {prep.input_size}"
     return f"central crop {prep.crop_fraction} of the image, then resize"
@@ -56,7 +56,7 @@ def _batch_norm_line(spec, fold_bn: bool) -> str:
         f"; the {kept} batch norms with no conv before them kept ({spec.batch_norm})" if kept else "")
 
 
-def _origin(source, release) -> str:
+def origin_line(source, release) -> str:
     if release and source.release_verified:
         return (f"the official {release.name}: [{release.archive}]({release.url}) "
                 f"({release.title}, {release.date}; sha256 matches the pinned digest)")
@@ -67,7 +67,7 @@ def _origin(source, release) -> str:
     return f"`{Path(source.given).name}` (local file, {source.format})"
 
 
-def _parity_line(parity) -> str:
+def parity_line(parity) -> str:
     if parity is None:
         return "not verified for this file (run a parity check)"
     return (f"max abs logit diff {parity.max_abs_diff:.3g} (bound {parity.tolerance:.3g}), "
@@ -103,19 +103,19 @@ def model_card(manifest: Manifest) -> str:
         "",
         "| | |",
         "| --- | --- |",
-        f"| Source | {_origin(source, release)} |",
+        f"| Source | {origin_line(source, release)} |",
         f"| Weights | `{output.file}` ({output.format}), sha256 `{output.sha256}` |",
         f"| Parameters | {params:,} ({params / 1e6:.1f} M) |",
         f"| Classes | {classes_line(layout)} |",
         f"| Aux head | {'included (AuxLogits)' if options.aux else 'not included'} |",
         f"| Batch norm | {_batch_norm_line(spec, options.fold_bn)} |",
         f"| Input | {prep.input_size}x{prep.input_size} {prep.color}, NCHW float, "
-        f"values in [{prep.value_range[0]:g}, {prep.value_range[1]:g}] (mean {_channels(prep.mean)}, "
-        f"std {_channels(prep.std)} per channel, on pixels scaled to [0, 1]) |",
-        f"| Eval crop | {_crop_line(prep)} |",
+        f"values in [{prep.value_range[0]:g}, {prep.value_range[1]:g}] (mean {channels(prep.mean)}, "
+        f"std {channels(prep.std)} per channel, on pixels scaled to [0, 1]) |",
+        f"| Eval crop | {crop_line(prep)} |",
         f"| Interpolation | {prep.interpolation} |",
         f"| Recipe | {prep.recipe} |",
-        f"| Parity | {_parity_line(manifest.parity)} |",
+        f"| Parity | {parity_line(manifest.parity)} |",
         "",
         "## Use",
         "",

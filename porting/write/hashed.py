@@ -98,18 +98,25 @@ def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = Fa
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise cannot_write(dst, err) from err
-    with outputs.stream_into(dst) as staged:
+    staged, written = stage_weights(state_dict, dst, outputs, fmt, metadata)
+    written = settle_hashed(outputs, dst, written.sha256, written.size, force)
+    staged.path = written.path
+    if written.unchanged:
+        outputs.drop(written.path)
+    return written
+
+
+def stage_weights(state_dict, path: Path, outputs: Outputs, fmt: str,
+                  metadata: dict[str, str] | None = None):
+    """(the staged file, ``Written``): ``state_dict`` in ``fmt`` staged in ``outputs`` for
+    ``path``, streamed straight into the temporary file and hashed on the way."""
+    with outputs.stream_into(path) as staged:
         hashing = _HashingWriter(staged.file)
         if fmt == "safetensors":
             save_safetensors(state_dict, metadata or {}, hashing)
         else:
             save_state_dict(state_dict, hashing)
-        sha256, size = hashing.digest.hexdigest(), hashing.size
-    written = settle_hashed(outputs, dst, sha256, size, force)
-    staged.path = written.path
-    if written.unchanged:
-        outputs.drop(written.path)
-    return written
+    return staged, Written(path, hashing.digest.hexdigest(), unchanged=False, size=hashing.size)
 
 
 def settle_hashed(outputs: Outputs, dst: Path, sha256: str, size: int, force: bool) -> Written:

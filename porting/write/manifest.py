@@ -203,7 +203,7 @@ class Manifest:
 
     def to_json(self) -> bytes:
         """The file's bytes: keys in field order, indent 2, a final newline."""
-        document = _plain(self)
+        document = plain_record(self)
         if self.variables is None:
             del document["variables"]
         return (json.dumps(document, indent=2) + "\n").encode("utf8")
@@ -242,15 +242,16 @@ def read_manifest(path: Path) -> Manifest:
 
 # --- writer and reader -----------------------------------------------------------------------
 
-def _plain(record):
-    """A record as JSON values, keys in field order (``dataclasses.asdict``; tuples as lists)."""
+def plain_record(record):
+    """A record (a manifest's, a release folder's config) as JSON values, keys in field order
+    (``dataclasses.asdict``; tuples as lists; an omittable field left out when None)."""
     if dataclasses.is_dataclass(record):
-        return {f.name: _plain(getattr(record, f.name)) for f in dataclasses.fields(record)
+        return {f.name: plain_record(getattr(record, f.name)) for f in dataclasses.fields(record)
                 if not (f.metadata.get(_OMITTED) and getattr(record, f.name) is None)}
     if isinstance(record, (list, tuple)):
-        return [_plain(item) for item in record]
+        return [plain_record(item) for item in record]
     if isinstance(record, dict):
-        return {key: _plain(value) for key, value in record.items()}
+        return {key: plain_record(value) for key, value in record.items()}
     return record
 
 
