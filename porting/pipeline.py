@@ -10,6 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from porting.read.archives import DEFAULT_MAX_BYTES
 from porting.convert import Conversion, PortOptions, convert
@@ -22,6 +23,10 @@ from porting.read.open import open_source
 from porting.releases.registry import release_for
 from porting.read.sources import CheckpointSource
 from porting.write.hashed import Written, output_format, write_hashed
+
+
+# What a port does, in order (``port_checkpoint``'s ``progress``)
+PORT_STAGES = ("reading", "converting", "writing")
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,20 @@ class PortResult:
 
 def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = PortOptions(),
                     reader: str = "native", force: bool = False, fmt: str | None = None,
-                    card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> PortResult:
-    """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
+                    card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES,
+                    progress: Callable[[str], None] | None = None,
+                    pins: Path | None = None) -> PortResult:
+    """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI.
+
+    ``progress(stage)`` is called as each of ``PORT_STAGES`` begins. ``pins``: the folder of
+    the ``releases.lock`` whose pins vouch for a release archive (default: ``fetch``'s,
+    ``registry.download_dir()``)."""
+    step = progress or (lambda stage: None)
     fmt = output_format(dst, fmt)
+    step(PORT_STAGES[0])
     with open_source(src, reader, options.arch, max_unpacked_bytes) as opened, \
             ThreadPoolExecutor(max_workers=1) as hasher:
+        step(PORT_STAGES[1])
         checkpoint = opened.reader
         # Hashing the source for the manifest runs beside the conversion (hashlib and file
         # reads release the GIL), taking it off the wall time of a port.
@@ -50,7 +64,7 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         options = conversion.options
         release = release_for(opened.published_name, conversion.architecture.name)
         source = source_record(src, checkpoint.source, hashed_files.result(), release,
-                               conversion.source_classes)
+                               conversion.source_classes, pins)
         variables = checkpoint.variables()
         mapped = {checkpoint.stored_name(name): target
                   for name, target in conversion.mapped.items()}
@@ -63,6 +77,7 @@ def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = Por
         architecture=spec.name, num_classes=options.num_classes, aux=options.aux,
         fold_bn=options.fold_bn, ema=options.ema, reader=checkpoint.kind)
     # All outputs are staged, then renamed into place together, the weights last.
+    step(PORT_STAGES[2])
     with Outputs(inputs) as outputs:
         written = write_hashed(conversion.state_dict, dst, outputs, force=force, fmt=fmt,
                                metadata=header)
