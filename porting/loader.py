@@ -45,6 +45,7 @@ Imports no torch until ``load`` (or a ``Preprocess``) runs.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import signal
 import sys
@@ -151,7 +152,7 @@ def load(name: str | os.PathLike, *, num_classes: int = 1000, aux: bool = True,
         if isinstance(name, str) and name in releases:
             model = _load_release(releases[name], options, cache_folder(cache_dir), offline,
                                   mirror, progress)
-        elif os.path.lexists(name):
+        elif glob.glob(glob.escape(os.fspath(name)) + "*"):  # a file, or a checkpoint prefix
             model = _load_path(Path(name), options, progress)
         else:
             raise PortError(f"{name}: no release of that name (known: "
