@@ -245,6 +245,8 @@ def _port_release(release, options: PortOptions, cache: Path, folder: Path, offl
 
 
 def _remove_archive(path: Path) -> None:
+    """Remove an archive once ported (or failed); its folder stays (another release's download
+    may be creating its ``.part`` there)."""
     with contextlib.suppress(OSError):
         if path.is_file() and not path.is_symlink():
             path.unlink()

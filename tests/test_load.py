@@ -273,11 +273,12 @@ def test_sigterm_during_the_download_leaves_nothing(endless, tmp_path):
     cache = tmp_path / "cache"
     proc = _load_in_a_process(cache, endless.url.rsplit("/", 1)[0])
     part = cache / "archives" / f"{ARCHIVE}.part"
-    for _ in range(600):  # until the transfer has begun (the process imports torch first)
-        if part.exists() and part.stat().st_size:
+    for _ in range(600):  # until the transfer has begun (the .part is made just before)
+        if part.exists() or proc.poll() is not None:
             break
         time.sleep(0.05)
     assert part.exists(), proc.stderr.read() if proc.poll() is not None else "not started"
+    time.sleep(0.5)  # a few bytes in
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, err  # the default action, after cleaning up
