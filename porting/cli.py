@@ -13,7 +13,7 @@ from collections import Counter
 
 import click
 
-from porting.errors import PortError
+from porting.errors import PortError, Terminated
 
 EXIT_BAD_INPUT = 1
 EXIT_INTERNAL = 70
@@ -439,28 +439,37 @@ def release(name, src, dst, pytorch_bin, timm_distance, ema, reader, arch, allow
               help="Record the archive's sha256 in releases.lock (in the default download "
                    "folder, whatever --dest says) so that later fetches and ports check it: "
                    "trust on first use.")
+@click.option("--mirror", metavar="URL|DIR",
+              help="Take the archive from this base URL (URL/ARCHIVE) or local folder of "
+                   "archives instead of the registry's URL  [default: $PORT_WEIGHTS_MIRROR]")
+@click.option("--offline", is_flag=True, default=None,
+              help="Never touch the network: check an archive already in the folder, or copy "
+                   "it from a --mirror folder; anything else is an error naming what is "
+                   "missing  [default: $PORT_WEIGHTS_OFFLINE]")
 @handles_errors
-def fetch(name, dest, sha256, url, pin):
+def fetch(name, dest, sha256, url, pin, mirror, offline):
     """Download release NAME's archive (the releases: models/*/releases.json) and verify it.
 
-    Shows progress on stderr, retries with backoff, resumes an interrupted transfer from
-    NAME.part (when the server's ETag/Last-Modified or a digest vouches for it), and checks the
-    sha256 pinned in the registry or in releases.lock (see --pin); a mismatch leaves no file
-    behind. The archive can then be ported directly:
+    Shows progress on stderr when it is a terminal, retries with backoff, resumes an
+    interrupted transfer from NAME.part (when the server's ETag/Last-Modified or a digest
+    vouches for it), and checks the sha256 pinned in the registry or in releases.lock (see
+    --pin); a mismatch leaves no file behind. The archive can then be ported directly:
 
     \b
       port-weights --src ARCHIVE --dst OUT.pth
+
+    Python's `porting.load(NAME)` fetches (by the same code), ports and caches in one call.
     """
     from pathlib import Path
 
     from porting.releases import registry
-    from porting.releases.download import download
+    from porting.releases.fetch import fetch_release, mirror_setting, offline_setting
 
     release = registry.get_release(name)
-    expected, pinned_in = (sha256, None) if sha256 else registry.pinned(name) or (None, None)
     folder = Path(dest) if dest else registry.download_dir()
-    source_url = url or release.url
-    fetched = download(source_url, folder / release.archive, expected, pinned_in=pinned_in)
+    got = fetch_release(release, folder, url=url, sha256=sha256, mirror=mirror_setting(mirror),
+                        offline=offline_setting(offline))
+    fetched = got.fetched
     state = "already there" if fetched.unchanged else "downloaded"
     click.echo(f"archive  {fetched.path} ({state})")
     if fetched.verified:
@@ -476,10 +485,10 @@ def fetch(name, dest, sha256, url, pin):
         click.echo("warning  the server sent no length, so a transfer cut short would have gone "
                    "unnoticed: this file may be incomplete")
     if pin:
-        lock = registry.pin(release, fetched.sha256, source_url)
+        lock = registry.pin(release, fetched.sha256, got.origin)
         origin = (f"the archive was already in {folder} (not downloaded now: its bytes are "
                   "whatever that file holds)" if fetched.unchanged else
-                  f"the archive as downloaded from {source_url}")
+                  f"the archive as downloaded from {got.origin}")
         click.echo(f"pinned   {fetched.sha256} for {name} in {lock}: {origin}; later fetches "
                    "and ports check it")
 
@@ -790,19 +799,8 @@ def _describe_skipped(skipped: dict[str, str], verbose: bool) -> str:
         " (-v lists them)"
 
 
-class Terminated(BaseException):
-    """SIGINT, SIGTERM or SIGHUP (Ctrl-C, ``timeout``, CI cancellation, ``docker stop``, a
-    closed terminal): unwinds past every handler of errors, so every staged output and
-    unpacked archive is removed on the way, and the command exits with 128 + the signal's
-    number (not click's "Aborted!" and exit 1 for Ctrl-C)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _terminate(signum, frame):
-    raise Terminated(signum)
+    raise Terminated(signum)  # the command exits with 128 + the signal's number (run)
 
 
 @main.command()

@@ -6,6 +6,18 @@ class PortError(Exception):
     """Bad input or an impossible request; the message names the problem and the file."""
 
 
+class Terminated(BaseException):
+    """SIGINT, SIGTERM or SIGHUP (Ctrl-C, ``timeout``, CI cancellation, ``docker stop``, a
+    closed terminal), raised by a signal handler: unwinds past every handler of errors, so
+    every staged output and unpacked archive is removed on the way. The command line then
+    exits with 128 + the signal's number (not click's "Aborted!" and exit 1 for Ctrl-C);
+    ``porting.loader.load`` lets the signal take its default course."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def escaped(text: str) -> str:
     """``text`` fit for a one-line message: kept as it is when printable, else with its control
     characters (newlines, terminal escapes from a hostile file's names) escaped."""

@@ -196,6 +196,31 @@ def stale(owned: Path, pid: int) -> bool:
     return pid != os.getpid() and unowned(owned) and not pid_alive(pid)
 
 
+@contextlib.contextmanager
+def locked_folder(path: Path, on_wait=None):
+    """Hold the exclusive lock (``flock``) of the folder ``path`` (created if need be) for the
+    block: what changes under it (a read-modify-write of a shared file, a cache entry being
+    made) is changed by one process at a time, the others waiting. The kernel drops the lock
+    with its holder, whatever kills it. ``on_wait()`` is called once before waiting, if another
+    process holds it. PortError (``cannot_write``) if the folder cannot be made or opened."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise cannot_write(path, err) from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)
+
+
 # --- temporaries ---------------------------------------------------------------------------
 
 def remove_stale_temporaries(path: Path) -> None:

@@ -29,6 +29,10 @@ from porting.read.sources import CheckpointSource
 from porting.write.hashed import FORMATS, Written, output_format, write_hashed
 
 
+# What a port does, in order (``port_checkpoint``'s ``progress``)
+PORT_STAGES = ("reading", "converting", "writing")
+
+
 @dataclass(frozen=True)
 class PortResult:
     source: CheckpointSource  # for an archive: its files as they were while unpacked
@@ -42,11 +46,19 @@ class PortResult:
 
 def port_checkpoint(src: str | Path, dst: str | Path, options: PortOptions = PortOptions(),
                     reader: str = "native", force: bool = False, fmt: str | None = None,
-                    card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> PortResult:
-    """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI."""
+                    card: bool = False, max_unpacked_bytes: int = DEFAULT_MAX_BYTES,
+                    progress: Callable[[str], None] | None = None,
+                    pins: Path | None = None) -> PortResult:
+    """Convert the checkpoint at ``src`` and write ``dst``'s hashed sibling; see the CLI.
+
+    ``progress(stage)`` is called as each of ``PORT_STAGES`` begins. ``pins``: the folder of
+    the ``releases.lock`` whose pins vouch for a release archive (default: ``fetch``'s,
+    ``registry.download_dir()``)."""
+    step = progress or (lambda stage: None)
     fmt = output_format(dst, fmt)
-    converted = convert_source(src, options, reader, max_unpacked_bytes)
+    converted = convert_source(src, options, reader, max_unpacked_bytes, step, pins)
     # All outputs are staged, then renamed into place together, the weights last.
+    step(PORT_STAGES[2])
     with Outputs(converted.inputs) as outputs:
         result = _stage(converted, dst, fmt, outputs, force, card)
         outputs.commit(last=result.written.path)
@@ -153,14 +165,21 @@ class Converted:
 
 
 def convert_source(src: str | Path, options: PortOptions = PortOptions(), reader: str = "native",
-                   max_unpacked_bytes: int = DEFAULT_MAX_BYTES) -> Converted:
-    """Read and convert the checkpoint at ``src`` (any source ``port`` takes); see the CLI."""
+                   max_unpacked_bytes: int = DEFAULT_MAX_BYTES,
+                   progress: Callable[[str], None] | None = None,
+                   pins: Path | None = None) -> Converted:
+    """Read and convert the checkpoint at ``src`` (any source ``port`` takes); see the CLI.
+    ``progress`` and ``pins`` as ``port_checkpoint`` takes them."""
+    step = progress or (lambda stage: None)
+    step(PORT_STAGES[0])
     with open_source(src, reader, options.arch, max_unpacked_bytes) as opened:
-        return _convert(opened.reader, src, opened.archive, opened.published_name, options)
+        step(PORT_STAGES[1])
+        return _convert(opened.reader, src, opened.archive, opened.published_name, options,
+                        pins)
 
 
 def _convert(checkpoint: CheckpointReader, given, archive: Path | None, published_name: str,
-             options: PortOptions) -> Converted:
+             options: PortOptions, pins: Path | None = None) -> Converted:
     with ThreadPoolExecutor(max_workers=1) as hasher:
         # Hashing the source for the manifest runs beside the conversion (hashlib and file
         # reads release the GIL), taking it off the wall time of a port.
@@ -168,7 +187,7 @@ def _convert(checkpoint: CheckpointReader, given, archive: Path | None, publishe
         conversion = convert(checkpoint, options)
         release = release_for(published_name, conversion.architecture.name)
         source = source_record(given, checkpoint.source, hashed_files.result(), release,
-                               conversion.source_classes, conversion.renamed_root)
+                               conversion.source_classes, conversion.renamed_root, pins)
     mapped = {checkpoint.stored_name(name): target for name, target in conversion.mapped.items()}
     inputs = (*checkpoint.source.files, *([archive] if archive else []))
     return Converted(checkpoint.source, archive, published_name, len(checkpoint.variables()),

@@ -1,6 +1,7 @@
 """A ported weights file back into its model, with one clear error line for a bad file."""
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -13,24 +14,45 @@ from porting.errors import PortError
 from porting.files import check_input, open_input
 
 
-def load_ported(path: str | Path) -> nn.Module:
+class DigestMismatch(PortError):
+    """The weights file is not the one expected: its sha256 differs."""
+
+
+def _checked(file, path: Path, sha256: str) -> None:
+    """Hash the open ``file`` to its end and rewind it; DigestMismatch unless it is ``sha256``."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: file.read(1 << 20), b""):
+        digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise DigestMismatch(f"{path}: sha256 is {digest.hexdigest()}, expected {sha256}")
+    file.seek(0)
+
+
+def load_ported(path: str | Path, sha256: str | None = None) -> nn.Module:
     """The eval-mode model (architecture, classes, aux head, folding) the file's state dict fits.
 
     ``.pth`` files load with ``weights_only=True`` (a weights file must never run code on load);
     ``.safetensors`` files with safetensors. Either must be a regular file (``porting.files``'
-    input rule: a pipe or a device is refused, not read).
+    input rule: a pipe or a device is refused, not read). With ``sha256``, the file's digest is
+    checked first, on the descriptor that is then loaded (nothing can swap the file between the
+    check and the load): ``DigestMismatch`` if it differs.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes, load_file
 
     path = Path(path)
     try:
         with warnings.catch_warnings():  # the one error line below says what went wrong
             warnings.simplefilter("ignore")
-            if path.suffix == ".safetensors":
+            if path.suffix == ".safetensors" and not sha256:
                 state_dict = load_file(check_input(path, "weights file"))
             else:
                 with open_input(path, "weights file") as file:
-                    state_dict = torch.load(file, map_location="cpu", weights_only=True)
+                    if sha256:
+                        _checked(file, path, sha256)
+                    if path.suffix == ".safetensors":
+                        state_dict = load_bytes(file.read())
+                    else:
+                        state_dict = torch.load(file, map_location="cpu", weights_only=True)
     except PortError:
         raise
     except Exception as err:  # torch and safetensors raise many kinds for a damaged file

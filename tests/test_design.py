@@ -467,6 +467,7 @@ def test_negative_control_models_importing_porting_is_flagged():
 WINGS = (
     "errors",      # PortError: the leaf everything (models too) may use
     "files",       # the rules for every file the tool writes
+    "progress",    # progress bars (tqdm) on long work, when stderr is a terminal
     "releases",    # the registry of published releases, downloading them
     "read",        # everything that opens a source
     "leftovers",   # what training leaves in a checkpoint besides the model (the converter's)
@@ -475,6 +476,7 @@ WINGS = (
     "pipeline",    # a whole port: read -> convert -> write
     "preprocess",  # images as the eval config says
     "weights",     # a ported file back into its model (torch)
+    "loader",      # load(): a release by name -> fetched, ported, cached model (torch lazily)
     "verify",      # the reference, comparison, report, runners
     "compare",     # foreign weight files (timm, torchvision, ...) against the checkpoint
     "onnx",        # export, graph checks, engines, ONNX verification

@@ -47,8 +47,8 @@ def test_concurrent_pins_of_different_releases_all_land(lock_in_tmp, monkeypatch
              "inception_v3"]
     real = registry.read_lock
 
-    def slow_read():  # widen the read-modify-write window: each pin reads, waits, writes
-        lock = real()
+    def slow_read(*folder):  # widen the read-modify-write window: each pin reads, waits, writes
+        lock = real(*folder)
         time.sleep(0.2)
         return lock
 

@@ -31,7 +31,13 @@ Hostile servers and folders are expected:
   later run can resume (its validator or a digest vouches for it) is kept, and any other is
   removed with its validator: nothing is left that nothing resumes;
 - a stored validator that could not be sent back as a header (control characters) vouches for
-  nothing: the ``.part`` starts again from zero.
+  nothing: the ``.part`` starts again from zero;
+- ``keep_partial=False`` (what ``porting.loader`` asks: its cache holds only whole files)
+  keeps no ``.part`` once the call ends, resumable or not.
+
+``copy_archive`` takes an archive from a local folder (a mirror) by the same rules: through the
+held ``.part``, capped, verified, renamed into place, nothing kept on failure. Progress is drawn
+with tqdm when stderr is a terminal (``porting.progress``).
 """
 from __future__ import annotations
 
@@ -52,7 +58,8 @@ from pathlib import Path
 from typing import TextIO
 
 from porting.errors import PortError
-from porting.files import cannot_write, read_input, sha256_file, write_text
+from porting.files import cannot_write, open_input, read_input, sha256_file, write_text
+from porting.progress import Progress
 
 CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 2 << 30    # the releases' archives are 90-240 MB
@@ -75,36 +82,6 @@ class Fetched:
 
 class _Retryable(Exception):
     """A transfer failure worth another try (network trouble, server error, short body)."""
-
-
-class _Progress:
-    """A one-line progress bar, redrawn at most every 0.2 s."""
-
-    def __init__(self, label: str, stream: TextIO):
-        self.label, self.stream, self.last = label, stream, 0.0
-        self.open = False  # a progress line is drawn and not yet ended
-
-    def end_line(self) -> None:
-        """End a drawn progress line, so that what is printed next starts a line of its own."""
-        if self.open:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.open = False
-
-    def update(self, done: int, total: int | None, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now - self.last < 0.2:
-            return
-        self.last = now
-        mib = f"{done / 2**20:.1f}"
-        if total:
-            filled = 30 * done // total
-            line = f"[{'#' * filled}{'.' * (30 - filled)}] {mib}/{total / 2**20:.1f} MiB"
-        else:
-            line = f"{mib} MiB"
-        self.stream.write(f"\r{self.label} {line}" + ("\n" if final else ""))
-        self.stream.flush()
-        self.open = not final
 
 
 def _one_line(text: str) -> str:
@@ -200,7 +177,7 @@ def _resumable(part: Path, expected: str | None) -> bool:
 
 
 def _transfer(url: str, part: Path, out, timeout: float, deadline: float, max_bytes: int,
-              progress: _Progress, expected: str | None) -> bool:
+              progress: Progress, expected: str | None) -> bool:
     """Extend ``part`` (open as ``out``) towards the full file with one request; raise
     _Retryable if cut short. Returns whether the body's end was checked against a length the
     server declared."""
@@ -265,10 +242,15 @@ def _transfer(url: str, part: Path, out, timeout: float, deadline: float, max_by
 def download(url: str, dest: Path, expected_sha256: str | None = None, *, retries: int = 4,
              backoff: float = 1.0, timeout: float = 60.0, stream: TextIO | None = None,
              pinned_in: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-             deadline: float = DEFAULT_DEADLINE) -> Fetched:
+             deadline: float = DEFAULT_DEADLINE, keep_partial: bool = True,
+             progress: bool | None = None) -> Fetched:
     """Fetch ``url`` to ``dest``; resume a ``dest.part`` left by an earlier attempt when its
     validator or ``expected_sha256`` can vouch for it. ``pinned_in`` names where the expected
-    digest comes from, for the error messages. See the module docstring for the limits."""
+    digest comes from, for the error messages. See the module docstring for the limits.
+
+    ``keep_partial=False``: a download that fails keeps no ``.part`` at all, resumable or not
+    (retries within this call still resume). ``progress``: draw a bar on ``stream`` (None:
+    when it is a terminal; ``porting.progress``)."""
     stream = stream or sys.stderr
     expected = _checked_sha256(expected_sha256) if expected_sha256 else None
     _request(url)  # a malformed URL is refused before anything is created
@@ -276,7 +258,7 @@ def download(url: str, dest: Path, expected_sha256: str | None = None, *, retrie
     ends = time.monotonic() + deadline
     while True:
         if os.path.lexists(dest):
-            return _already_there(dest, expected, pinned_in)
+            return already_there(dest, expected, pinned_in)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -285,10 +267,64 @@ def download(url: str, dest: Path, expected_sha256: str | None = None, *, retrie
             if out is None:  # another fetch finished (or dropped) it while we waited
                 continue
             return _fetch_into(url, dest, part, out, expected, pinned_in, retries, backoff,
-                               timeout, ends, max_bytes, stream)
+                               timeout, ends, max_bytes, stream, keep_partial, progress)
 
 
-def _already_there(dest: Path, expected: str | None, pinned_in: str | None) -> Fetched:
+def copy_archive(source: Path, dest: Path, expected_sha256: str | None = None, *,
+                 stream: TextIO | None = None, pinned_in: str | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES, progress: bool | None = None) -> Fetched:
+    """``download`` from a local folder (a mirror of the archives): ``source`` copied to
+    ``dest`` under the same rules (a regular file, at most ``max_bytes``, through the held
+    ``.part``, verified, renamed into place; nothing kept on failure)."""
+    stream = stream or sys.stderr
+    expected = _checked_sha256(expected_sha256) if expected_sha256 else None
+    part = dest.with_name(dest.name + ".part")
+    while True:
+        if os.path.lexists(dest):
+            return already_there(dest, expected, pinned_in)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise cannot_write(dest, err) from err
+        with _claimed(part, stream) as out:
+            if out is None:
+                continue
+            try:
+                _copy_part(source, part, out, max_bytes, Progress(dest.name, stream, progress))
+                return _settle(part, out, dest, expected, pinned_in, str(source),
+                               length_checked=True)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    _discard(part)
+                raise
+
+
+def _copy_part(source: Path, part: Path, out, max_bytes: int, progress: Progress) -> None:
+    with open_input(source, "mirrored archive") as src:
+        total = os.fstat(src.fileno()).st_size
+        if total > max_bytes:
+            raise PortError(f"{source}: {total:,} bytes; at most {max_bytes:,} are copied")
+        out.seek(0)
+        out.truncate()
+        done = 0
+        try:
+            while chunk := src.read(min(CHUNK, max_bytes + 1 - done)):
+                out.write(chunk)
+                done += len(chunk)
+                if done > max_bytes:
+                    raise PortError(f"{source}: grew past {max_bytes:,} bytes while copied")
+                progress.update(done, total)
+            out.flush()
+            os.fsync(out.fileno())
+        except OSError as err:
+            raise cannot_write(part, err) from err
+        finally:
+            progress.end_line()
+
+
+def already_there(dest: Path, expected: str | None, pinned_in: str | None) -> Fetched:
+    """The archive already at ``dest``, checked against ``expected`` (if given)."""
+    expected = _checked_sha256(expected) if expected else None
     digest = sha256_file(dest)  # a regular file, or a one-line refusal
     if expected and digest != expected:
         source = f" (pinned in {pinned_in})" if pinned_in else ""
@@ -340,13 +376,27 @@ def _claimed(part: Path, stream: TextIO):
 
 def _fetch_into(url: str, dest: Path, part: Path, out, expected: str | None,
                 pinned_in: str | None, retries: int, backoff: float, timeout: float,
-                deadline: float, max_bytes: int, stream: TextIO) -> Fetched:
-    progress = _Progress(dest.name, stream)
+                deadline: float, max_bytes: int, stream: TextIO, keep_partial: bool,
+                progress: bool | None) -> Fetched:
+    bar = Progress(dest.name, stream, progress)
     try:
         length_checked = _download_part(url, part, out, expected, retries, backoff, timeout,
-                                        deadline, max_bytes, progress, stream)
+                                        deadline, max_bytes, bar, stream, keep_partial)
     finally:
-        progress.end_line()  # whatever is printed next (an error) starts a line of its own
+        bar.end_line()  # whatever is printed next (an error) starts a line of its own
+    try:
+        return _settle(part, out, dest, expected, pinned_in, url, length_checked)
+    except BaseException:  # SIGTERM while hashing: nothing resumes a whole file's .part
+        if not keep_partial:
+            with contextlib.suppress(OSError):
+                _discard(part)
+        raise
+
+
+def _settle(part: Path, out, dest: Path, expected: str | None, pinned_in: str | None,
+            origin: str, length_checked: bool) -> Fetched:
+    """The whole file in ``part`` (open as ``out``) hashed, checked against ``expected`` and
+    renamed to ``dest``; PortError, and nothing kept, on a mismatch."""
     out.seek(0)
     digest = hashlib.sha256()
     for chunk in iter(lambda: out.read(CHUNK), b""):
@@ -356,7 +406,7 @@ def _fetch_into(url: str, dest: Path, part: Path, out, expected: str | None,
         _discard(part)
         source = f" (pinned in {pinned_in})" if pinned_in else ""
         raise PortError(f"{dest}: sha256 mismatch: got {digest}, expected {expected}{source} "
-                        f"(from {url}); nothing was kept")
+                        f"(from {origin}); nothing was kept")
     if os.path.lexists(dest):  # planted while we downloaded: never replaced
         _discard(part)
         raise PortError(f"{dest}: appeared during the download; nothing was kept")
@@ -380,7 +430,7 @@ def _left(deadline: float) -> float:
 
 def _download_part(url: str, part: Path, out, expected: str | None, retries: int,
                    backoff: float, timeout: float, deadline: float, max_bytes: int,
-                   progress: _Progress, stream: TextIO) -> bool:
+                   progress: Progress, stream: TextIO, keep_partial: bool = True) -> bool:
     """Bring ``part`` to the whole file, with retries; returns ``_transfer``'s length_checked.
     However this ends other than in success, a ``.part`` nothing could resume is removed."""
     try:
@@ -393,18 +443,18 @@ def _download_part(url: str, part: Path, out, expected: str | None, retries: int
             except _Retryable as err:
                 if attempt == retries or time.monotonic() > deadline:
                     raise PortError(f"{url}: download failed after {attempt + 1} attempt"
-                                    f"{'s' * bool(attempt)}: {err} ({_kept(part, expected)})"
-                                    ) from err
+                                    f"{'s' * bool(attempt)}: {err} "
+                                    f"({_kept(part, expected, keep_partial)})") from err
                 delay = min(backoff * 2 ** attempt, _left(deadline))
                 progress.end_line()
                 stream.write(f"{part.name[:-len('.part')]}: {err}; retrying in {delay:g} s\n")
                 time.sleep(delay)
         raise AssertionError("unreachable")
     except (_TooLarge, _TooSlow) as err:
-        raise PortError(f"{err} ({_kept(part, expected, resumable=isinstance(err, _TooSlow))})"
-                        ) from err
+        resumable = keep_partial and isinstance(err, _TooSlow)
+        raise PortError(f"{err} ({_kept(part, expected, resumable)})") from err
     except BaseException:  # a local failure, SIGTERM, Ctrl-C: keep only what can resume
-        _kept(part, expected)
+        _kept(part, expected, keep_partial)
         raise
 
 

@@ -17,7 +17,6 @@ writes the sha256 it saw to ``releases.lock`` in the download folder (``download
 fetches and ports check: the registry's digest, else the lock's."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 import models
 from models.spec import Architecture, ClassLayout, folders, get_architecture
 from porting.errors import PortError
-from porting.files import read_input, write_json
+from porting.files import locked_folder, read_input, write_json
 
 RELEASES_FILE = "releases.json"  # an architecture folder's release list, beside its spec.py
 # Where the registry lives, as messages name it: every folder's release list.
@@ -153,13 +152,15 @@ def download_dir() -> Path:
     return Path(os.environ.get(DOWNLOADS_ENV) or "checkpoints")
 
 
-def lock_path() -> Path:
-    return download_dir() / LOCK_NAME
+def lock_path(folder: Path | None = None) -> Path:
+    """The lock in ``folder`` (default ``download_dir()``; ``porting.loader`` keeps its own, in
+    its cache)."""
+    return (download_dir() if folder is None else Path(folder)) / LOCK_NAME
 
 
-def read_lock() -> dict[str, dict[str, str]]:
+def read_lock(folder: Path | None = None) -> dict[str, dict[str, str]]:
     """The local pins: {release: {"archive", "sha256", "url"}}; {} when there is no lock."""
-    path = lock_path()
+    path = lock_path(folder)
     try:
         data = json.loads(read_input(path, LOCK_BYTES, "release lock"))
         if not isinstance(data, dict):
@@ -183,41 +184,35 @@ def read_lock() -> dict[str, dict[str, str]]:
     return data
 
 
-def pin(release: Release, sha256: str, url: str) -> Path:
-    """Record ``sha256`` as the digest of ``release``'s archive in the lock; returns the lock.
+def pin(release: Release, sha256: str, url: str, folder: Path | None = None) -> Path:
+    """Record ``sha256`` as the digest of ``release``'s archive in the lock of ``folder``
+    (``lock_path``); returns the lock.
 
-    A read-modify-write under an exclusive lock on the lock's folder (``flock``), the file
-    replaced atomically: concurrent pins of different releases all land."""
-    path = lock_path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as err:
-        raise PortError(f"{path}: cannot write: {err.strerror or err}") from err
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        lock = read_lock()
+    A read-modify-write under an exclusive lock on the lock's folder (``locked_folder``), the
+    file replaced atomically: concurrent pins of different releases all land."""
+    path = lock_path(folder)
+    with locked_folder(path.parent):
+        lock = read_lock(folder)
         lock[release.name] = {"archive": release.archive, "sha256": sha256.lower(), "url": url}
         write_json(path, dict(sorted(lock.items())))
-    finally:
-        os.close(folder)
     return path
 
 
-def pinned(name: str) -> tuple[str, Path] | None:
+def pinned(name: str, folder: Path | None = None) -> tuple[str, Path] | None:
     """(sha256, the file that pins it) for release ``name``'s archive: the registry's digest,
-    else the lock's (a lock entry for another archive name than the registry's is not a pin of
-    this archive); None when neither pins one."""
+    else the lock's in ``folder`` (``lock_path``; a lock entry for another archive name than
+    the registry's is not a pin of this archive); None when neither pins one."""
     release = get_release(name)
     if release.sha256:
         return release.sha256.lower(), release.listed_in
-    entry = read_lock().get(name)
+    entry = read_lock(folder).get(name)
     if entry and entry["archive"] == release.archive:
-        return entry["sha256"], lock_path()
+        return entry["sha256"], lock_path(folder)
     return None
 
 
-def pinned_sha256(name: str) -> str | None:
-    """The sha256 release ``name``'s archive must have: registry digest, else lock digest."""
-    found = pinned(name)
+def pinned_sha256(name: str, folder: Path | None = None) -> str | None:
+    """The sha256 release ``name``'s archive must have: registry digest, else the digest of
+    the lock in ``folder`` (``lock_path``)."""
+    found = pinned(name, folder)
     return found[0] if found else None

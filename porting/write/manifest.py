@@ -364,17 +364,18 @@ def hash_source_files(checkpoint_source, archive: Path | None
 def source_record(given: str | Path, checkpoint_source,
                   hashed_files: tuple[FileRecord | None, tuple[FileRecord, ...]],
                   release: Release | None, num_classes: int,
-                  root_scope: str | None = None) -> SourceRecord:
+                  root_scope: str | None = None, pins: Path | None = None) -> SourceRecord:
     """The source as the manifest records it; ``hashed_files`` from ``hash_source_files``.
 
     ``release`` is what the file's name matched; ``release_verified`` says whether its content
     is that release: true only when the archive's sha256 is the one pinned for the release (in
     the registry or releases.lock). An unpacked checkpoint cannot be checked against the
     archive's digest, so it is never verified. ``root_scope`` is the checkpoint's root scope
-    where it is a renamed copy (``AdvInceptionV3``).
+    where it is a renamed copy (``AdvInceptionV3``). ``pins``: the folder of the releases.lock to
+    consult (``registry.lock_path``).
     """
     archive, files = hashed_files
-    expected = pinned_sha256(release.name) if release and archive else None
+    expected = pinned_sha256(release.name, pins) if release and archive else None
     return SourceRecord(
         given=str(given), format=checkpoint_source.format, num_classes=num_classes,
         checkpoint=checkpoint_source.prefix.name, release=release.name if release else None,
