@@ -102,8 +102,10 @@ def measure_timm_distance(spec, state_dict) -> ParityRecord:
     same bytes on every run). Needs torch, timm and the photos (scikit-image)."""
     try:
         import torch
-        import timm
+        from models.third_party import timm
         from porting.verify.photos import load_photos
+
+        timm = timm()
 
         names, images = load_photos(config=spec.eval)
     except (ImportError, RuntimeError) as err:  # torchvision, which timm imports, may fail

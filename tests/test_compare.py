@@ -117,9 +117,9 @@ def test_timm_network_differs_from_tf_with_tf_weights(foreign_files, synthetic_c
                                                       photos):
     """Weight distance 0; in our network the Logits are TF's (the negative control: the same
     tensors pass), in timm's own (padded average pools) they are not."""
-    from torchvision_cpu import torchvision_models
+    from models.third_party import torchvision_models
 
-    torchvision_models()  # timm imports torchvision: its CPU-build shim (tests/torchvision_cpu.py)
+    torchvision_models()  # timm imports torchvision: its CPU-build shim (models/third_party.py)
     path = foreign_files["timm"]
     found = _tensors_only(path, synthetic_ckpt)
     assert found.weight_distance == 0.0
@@ -186,7 +186,7 @@ def test_a_second_layout_of_the_same_name_is_refused():
 def test_layout_keys_are_the_projects_own(name, model):
     """The keys each timm / torchvision layout maps to are exactly those of the project's own
     model (built on the meta device: no memory), shapes included up to ``reshaped``."""
-    from torchvision_cpu import torchvision_models
+    from models.third_party import torchvision_models
 
     tv = torchvision_models()
     layout = foreign_layouts()[name]

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 from conftest import BATCH_1_IMAGES
 from taps_tools import TAP_IMAGES, check_taps, graph_tensors
-from torchvision_cpu import torchvision_models
+from models.third_party import torchvision_models
 from models.inception_v4.spec import FEATURE_END_POINTS, SPEC
 from models.spec import ClassLayout
 from porting.cli import main
@@ -172,7 +172,7 @@ def test_negative_controls_fail_by_far(sabotage, v4):
 
 
 def _timm():
-    """timm, imported once torchvision can be (timm imports it: ``torchvision_cpu``)."""
+    """timm, imported once torchvision can be (timm imports it: ``models.third_party``)."""
     torchvision_models()
     import timm
 

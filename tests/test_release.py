@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from torchvision_cpu import torchvision_models
+from models.third_party import torchvision_models
 from models.spec import get_architecture
 from porting.cli import main
 from porting.verify.parity import compare
@@ -44,7 +44,7 @@ def _release(src, dst, *options, env=None):
 
 
 def _timm():
-    torchvision_models()  # timm imports torchvision (see torchvision_cpu)
+    torchvision_models()  # timm imports torchvision (models.third_party)
     import timm
 
     return timm

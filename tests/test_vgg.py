@@ -41,7 +41,7 @@ from porting.weights import load_ported
 
 from conftest import BATCH_1_IMAGES
 from taps_tools import TAP_IMAGES, check_taps, graph_tensors
-from torchvision_cpu import torchvision_models
+from models.third_party import torchvision_models
 
 ARCHS = ["vgg_16", "vgg_19"]
 FULL = "vgg_16"  # the architecture every check runs on

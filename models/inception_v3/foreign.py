@@ -21,16 +21,16 @@ PADDED_POOLS = ("its 3x3 average pools count the zero padding (count_include_pad
 
 
 def timm_model(num_classes: int):
-    import timm
+    from models.third_party import timm
 
-    return timm.create_model("inception_v3", pretrained=False, num_classes=num_classes,
+    return timm().create_model("inception_v3", pretrained=False, num_classes=num_classes,
                              aux_logits=True)
 
 
 def torchvision_model(num_classes: int):
-    from torchvision.models import Inception3
+    from models.third_party import torchvision_models
 
-    return Inception3(num_classes=num_classes, aux_logits=True, transform_input=False,
+    return torchvision_models().Inception3(num_classes=num_classes, aux_logits=True, transform_input=False,
                       init_weights=False)
 
 
