@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from porting.errors import PortError
 from porting.files import Outputs, cannot_write, sha256_file
-from porting.write.pth import raw_bytes, save_state_dict
+from porting.write.pth import CHUNK, raw_bytes, save_state_dict
 
 
 @dataclass(frozen=True)
@@ -62,20 +63,32 @@ def hashed_path(dst: Path, sha256: str) -> Path:
 
 
 class _HashingWriter:
-    """Passes writes through to a file while hashing them: no second pass over the output."""
+    """Passes writes through to a file while a second thread hashes them, a chunk at a time: no
+    second pass over the output, and the hashing runs beside the writing (hashlib and file
+    writes release the GIL). The data of a write must not change afterwards (the writers hand
+    in fresh bytes and the state dict's arrays); ``sha256()`` waits for the hashing."""
 
-    def __init__(self, file):
+    def __init__(self, file, hasher: ThreadPoolExecutor):
         self._file = file
-        self.digest = hashlib.sha256()
+        self._hasher = hasher
+        self._digest = hashlib.sha256()
         self.size = 0
 
     def write(self, data) -> int:
-        self.digest.update(data)
-        self.size += memoryview(data).nbytes
-        return self._file.write(data)
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), CHUNK):
+            chunk = view[start:start + CHUNK]
+            self._hasher.submit(self._digest.update, chunk)  # one worker: hashed in order
+            self._file.write(chunk)
+        self.size += len(view)
+        return len(view)
 
     def flush(self) -> None:
         self._file.flush()
+
+    def sha256(self) -> str:
+        self._hasher.shutdown(wait=True)
+        return self._digest.hexdigest()
 
 
 def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = False,
@@ -98,13 +111,14 @@ def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = Fa
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise cannot_write(dst, err) from err
-    with outputs.stream_into(dst) as staged:
-        hashing = _HashingWriter(staged.file)
+    with outputs.stream_into(dst) as staged, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
+        hashing = _HashingWriter(staged.file, hasher)
         if fmt == "safetensors":
             save_safetensors(state_dict, metadata or {}, hashing)
         else:
             save_state_dict(state_dict, hashing)
-        sha256, size = hashing.digest.hexdigest(), hashing.size
+        sha256, size = hashing.sha256(), hashing.size
     written = settle_hashed(outputs, dst, sha256, size, force)
     staged.path = written.path
     if written.unchanged:
