@@ -304,7 +304,8 @@ def test_goldens_record_tf_slims_end_points_and_verify_the_port(vgg, tmp_path):
     for name in vgg.spec.end_points[:-1]:  # batch 2 there, batch 1 here: float32 rounding
         reference = vgg.reference[f"end_points/{name}"][:1]
         assert stored[name].shape == reference.shape, name
-        assert np.abs(stored[name] - reference).max() <= 1e-3 * max(1, np.abs(reference).max()), name
+        bound = 1e-3 * max(1, np.abs(reference).max())
+        assert np.abs(stored[name] - reference).max() <= bound, name
 
     result = _run("verify", "--goldens", goldens, "--weights", vgg.weights)
     assert result.exit_code == 0, result.output

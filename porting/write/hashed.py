@@ -111,14 +111,14 @@ def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = Fa
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise cannot_write(dst, err) from err
-    with outputs.stream_into(dst) as staged, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
-        hashing = _HashingWriter(staged.file, hasher)
-        if fmt == "safetensors":
-            save_safetensors(state_dict, metadata or {}, hashing)
-        else:
-            save_state_dict(state_dict, hashing)
-        sha256, size = hashing.sha256(), hashing.size
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
+        with outputs.stream_into(dst) as staged:
+            hashing = _HashingWriter(staged.file, hasher)
+            if fmt == "safetensors":
+                save_safetensors(state_dict, metadata or {}, hashing)
+            else:
+                save_state_dict(state_dict, hashing)
+        sha256, size = hashing.sha256(), hashing.size  # the hashing's tail beside the fsync
     written = settle_hashed(outputs, dst, sha256, size, force)
     staged.path = written.path
     if written.unchanged:
