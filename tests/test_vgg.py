@@ -4,7 +4,8 @@ included) port through the pipeline and match TF-Slim's logits on the real photo
 ported files load strictly into torchvision's ``vgg16``/``vgg19`` and compute the same logits.
 
 VGG-16 carries the full set (batch 1 and 10, the fc6 negative control, ``verify --float64``
-per end point, a sabotaged file, ``--fold-bn``, ``deploy_model``); VGG-19, the same definition
+per end point, a sabotaged file, ``--fold-bn``, ``deploy_model``, goldens recorded on one photo
+and verified, the ONNX export verified in ONNX Runtime and OpenVINO); VGG-19, the same definition
 with more convs, is ported, checked at batch 1 and 10 and loaded into torchvision (suite time:
 each synthetic checkpoint and port is ~550 MB). Each architecture's tests form one xdist group
 (conftest), so its TF-Slim side is built once.
@@ -275,3 +276,108 @@ def test_registry_entry_fits_its_architecture(name):
     assert release.num_classes == spec.eval.num_classes == 1000 and not release.aux_logits
     assert release.background_class is None and spec.eval.label_offset == 0
     assert release.url == f"http://download.tensorflow.org/models/{name}_2016_08_28.tar.gz"
+
+
+# --- goldens and the ONNX export (VGG-16) -------------------------------------------------------
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _sabotaged(vgg, folder: Path) -> Path:
+    """The port with conv3_2's weights 5% too large, as a file (torch.save)."""
+    state = torch.load(vgg.weights, weights_only=True)
+    state["features.12.weight"] *= 1.05
+    torch.save(state, folder / "sabotaged.pth")
+    return folder / "sabotaged.pth"
+
+
+@ONLY_FULL
+def test_goldens_record_tf_slims_end_points_and_verify_the_port(vgg, tmp_path):
+    """``verify --src --record-goldens`` on one photo (VGG-16's maps: ~36 MB of goldens a
+    photo) stores what TF-Slim's graph computes (the fixture's own run of it, a separate
+    session, at batch 1); ``verify --goldens`` passes the port at every end point and names
+    conv3_2 on a file whose conv3_2 is 5% off."""
+    from porting.verify.goldens import Goldens
+
+    goldens = tmp_path / "goldens.h5"
+    result = _run("verify", "--src", vgg.checkpoint, "--count", 1, "--record-goldens", goldens)
+    assert result.exit_code == 0, result.output
+    recorded = Goldens(goldens)
+    try:
+        assert recorded.end_points == vgg.spec.end_points
+        assert np.array_equal(recorded.inputs, vgg.images[:1])
+        stored = recorded.reference(0, 1)
+    finally:
+        recorded.close()
+    assert np.allclose(stored["Logits"], vgg.reference["logits/1"][:1], rtol=0, atol=1e-4 * max(
+        1, np.abs(stored["Logits"]).max()))
+    for name in vgg.spec.end_points[:-1]:  # batch 2 there, batch 1 here: float32 rounding
+        reference = vgg.reference[f"end_points/{name}"][:1]
+        assert stored[name].shape == reference.shape, name
+        bound = 1e-3 * max(1, np.abs(reference).max())
+        assert np.abs(stored[name] - reference).max() <= bound, name
+
+    result = _run("verify", "--goldens", goldens, "--weights", vgg.weights)
+    assert result.exit_code == 0, result.output
+    assert f"PASS: {len(vgg.spec.end_points)} end points" in result.output, result.output
+    result = _run("verify", "--goldens", goldens, "--weights", _sabotaged(vgg, tmp_path))
+    assert result.exit_code == 1, result.output
+    assert "first divergence at vgg_16/conv3/conv3_2" in result.output, result.output
+
+
+def _fc6_in_tf_order(model) -> None:
+    """The exported graph's fc6 weight [4096, 25088] re-flattened in TF's (height, width,
+    channel) order (see ``_tf_order``), edited in place."""
+    from onnx import numpy_helper
+
+    (fc6,) = [t for t in model.graph.initializer if tuple(t.dims) == (4096, 25088)]
+    wrong = _tf_order(torch.from_numpy(numpy_helper.to_array(fc6).copy())).numpy()
+    fc6.CopyFrom(numpy_helper.from_array(wrong, fc6.name))
+
+
+@ONLY_FULL
+def test_onnx_export_passes_verify_in_both_engines_and_fc6_in_tf_order_fails(vgg, tmp_path):
+    """The exported graph in ONNX Runtime and OpenVINO at batch 1 and 10 against TF-Slim's
+    logits on the 10 photos (the fixture's, as goldens: no TF graph is rebuilt); the same graph
+    with fc6 flattened in TF's order fails in ONNX Runtime on the first photo (negative
+    control)."""
+    import onnx
+
+    from porting.onnx.export import export_weights
+    from porting.verify.goldens import GoldenRecorder, SourceInfo
+    from porting.verify.photos import load_photos
+
+    names = load_photos(config=vgg.spec.eval)[0]
+    source = SourceInfo(str(vgg.checkpoint), {}, 1000, False, False, "float32", vgg.spec.name)
+    recorder = GoldenRecorder(tmp_path / "goldens.h5", vgg.images, names, source)
+    recorder.recording(lambda start, stop: {"Logits": vgg.reference["logits/10"][start:stop]})(
+        0, len(vgg.images))
+    goldens = recorder.finish()
+    exported = export_weights(vgg.weights, tmp_path / "vgg_16.onnx").written.path
+    report = tmp_path / "report.json"
+    result = _run("verify", "--goldens", goldens, "--weights", exported, "--json", report)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] and data["format"] == "onnx" and len(data["runs"]) == 4
+    for engine in ("ONNX Runtime", "OpenVINO"):
+        for batch in (1, 10):
+            assert sum(label.startswith(engine) and label.endswith(f"batch {batch}")
+                       for label in data["runs"]) == 1, (engine, batch, list(data["runs"]))
+    for label, run in data["runs"].items():
+        logits = run["end_points"]["Logits"]
+        print(f"ONNX {label}: Logits max |diff| {logits['max_abs_diff']:.3g} "
+              f"(bound {logits['bound']:.3g})")
+        assert logits["passed"] and logits["top1_agree"] == logits["top5_agree"] == 10
+
+    model = onnx.load(exported)
+    _fc6_in_tf_order(model)
+    wrong = tmp_path / "fc6_tf_order.onnx"
+    onnx.save(model, wrong)
+    del model
+    result = _run("verify", "--goldens", goldens, "--weights", wrong, "--engine", "onnxruntime",
+                  "--count", 1)
+    assert result.exit_code == 1, result.output
+    verdict = result.stderr.strip().splitlines()[-1]
+    assert verdict.startswith("FAIL: ONNX Runtime") and "first divergence at Logits" in verdict, \
+        verdict

@@ -62,10 +62,14 @@ class ConvAsLinear(ConvBias):
         kh, kw, in_chs, out_chs = kernel.shape
         taps = kernel.reshape(kh * kw, in_chs, out_chs)
         weight = np.empty((out_chs, in_chs, kh * kw), "<f4")
-        # The HWIO -> OIHW copy, a few input channels at a time: one strided copy of fc6's
-        # 400 MB jumps 8 MB per element and took 1.4-1.7 s here, these blocks 0.55-0.6 s.
-        for start in range(0, in_chs, 8):
-            weight[:, start:start + 8] = taps[:, start:start + 8].transpose(2, 1, 0)
+        # The HWIO -> OIHW copy, one input channel at a time: numpy walks the output in order,
+        # reading one element from each of the kh * kw taps per output row. For one channel
+        # those are 49 rows of fc6's kernel (16 KB each), which stay in cache while the 4096
+        # output rows pass through them; with 8 channels at a time (392 rows, 392 pages) the
+        # caches and the TLB thrash: fc6's 400 MB took 0.13-0.35 s this way, 0.4-1.2 s with 8
+        # (bench/port_speed.py; one strided copy of all of it took 1.4-1.7 s).
+        for channel in range(in_chs):
+            weight[:, channel] = taps[:, channel].T
         return {f"{module}.weight": weight.reshape(out_chs, -1),
                 f"{module}.bias": np.ascontiguousarray(v["bias"], "<f4")}
 

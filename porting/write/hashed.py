@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from porting.errors import PortError
 from porting.files import Outputs, cannot_write, sha256_file
-from porting.write.pth import raw_bytes, save_state_dict
+from porting.write.pth import CHUNK, raw_bytes, save_state_dict
 
 
 @dataclass(frozen=True)
@@ -62,20 +63,32 @@ def hashed_path(dst: Path, sha256: str) -> Path:
 
 
 class _HashingWriter:
-    """Passes writes through to a file while hashing them: no second pass over the output."""
+    """Passes writes through to a file while a second thread hashes them, a chunk at a time: no
+    second pass over the output, and the hashing runs beside the writing (hashlib and file
+    writes release the GIL). The data of a write must not change afterwards (the writers hand
+    in fresh bytes and the state dict's arrays); ``sha256()`` waits for the hashing."""
 
-    def __init__(self, file):
+    def __init__(self, file, hasher: ThreadPoolExecutor):
         self._file = file
-        self.digest = hashlib.sha256()
+        self._hasher = hasher
+        self._digest = hashlib.sha256()
         self.size = 0
 
     def write(self, data) -> int:
-        self.digest.update(data)
-        self.size += memoryview(data).nbytes
-        return self._file.write(data)
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), CHUNK):
+            chunk = view[start:start + CHUNK]
+            self._hasher.submit(self._digest.update, chunk)  # one worker: hashed in order
+            self._file.write(chunk)
+        self.size += len(view)
+        return len(view)
 
     def flush(self) -> None:
         self._file.flush()
+
+    def sha256(self) -> str:
+        self._hasher.shutdown(wait=True)
+        return self._digest.hexdigest()
 
 
 def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = False,
@@ -109,14 +122,17 @@ def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = Fa
 def stage_weights(state_dict, path: Path, outputs: Outputs, fmt: str,
                   metadata: dict[str, str] | None = None):
     """(the staged file, ``Written``): ``state_dict`` in ``fmt`` staged in ``outputs`` for
-    ``path``, streamed straight into the temporary file and hashed on the way."""
-    with outputs.stream_into(path) as staged:
-        hashing = _HashingWriter(staged.file)
-        if fmt == "safetensors":
-            save_safetensors(state_dict, metadata or {}, hashing)
-        else:
-            save_state_dict(state_dict, hashing)
-    return staged, Written(path, hashing.digest.hexdigest(), unchanged=False, size=hashing.size)
+    ``path``, streamed straight into the temporary file and hashed on the way (in a second
+    thread, beside the writing; its tail beside the fsync)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as hasher:
+        with outputs.stream_into(path) as staged:
+            hashing = _HashingWriter(staged.file, hasher)
+            if fmt == "safetensors":
+                save_safetensors(state_dict, metadata or {}, hashing)
+            else:
+                save_state_dict(state_dict, hashing)
+        sha256, size = hashing.sha256(), hashing.size
+    return staged, Written(path, sha256, unchanged=False, size=size)
 
 
 def settle_hashed(outputs: Outputs, dst: Path, sha256: str, size: int, force: bool) -> Written:

@@ -40,6 +40,7 @@ from typing import BinaryIO, Mapping
 import numpy as np
 
 ALIGNMENT = 64
+CHUNK = 1 << 20  # bytes of a record's data checksummed and written at a time
 FILE_FORMAT_VERSION = 3  # caffe2::serialize::kMinProducedFileFormatVersion: "version" record
 STORAGE_TYPES = {np.dtype("<f4"): "FloatStorage", np.dtype("<f8"): "DoubleStorage",
                  np.dtype("<i8"): "LongStorage"}
@@ -174,12 +175,20 @@ class _ZipWriter:
                              "headers, which this writer does not write")
         start = self._offset + 30 + len(full) + 4
         padding = -start % ALIGNMENT
-        crc = zlib.crc32(data)
-        self._entries.append((full, crc, len(data), self._offset))
+        header_offset = self._offset
         self._write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 0, 0x0808, 0, 0, 0, 0, 0, 0,
                                 len(full), 4 + padding) + full
                     + b"FB" + struct.pack("<H", padding) + b"Z" * padding)
-        self._write(data)
+        # The CRC-32 goes in the data descriptor after the data (flags 0x08), so it is computed
+        # as the data passes, a chunk at a time: each chunk is checksummed and written (and
+        # hashed, by a hashing file) while it is in the CPU's cache, not in a pass over memory
+        # each.
+        crc, view = 0, memoryview(data)
+        for chunk_start in range(0, len(view), CHUNK):
+            chunk = view[chunk_start:chunk_start + CHUNK]
+            crc = zlib.crc32(chunk, crc)
+            self._write(chunk)
+        self._entries.append((full, crc, len(data), header_offset))
         self._write(struct.pack("<IIII", 0x08074B50, crc, len(data), len(data)))
 
     def _serialization_id(self) -> bytes:
