@@ -18,10 +18,15 @@ def model_for_state_dict(state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """The eval-mode model whose architecture and layout (classes, aux head, folding) match a
     ported state dict, with the state dict loaded strictly.
 
+    The model is built on the meta device and takes the state dict's tensors as its parameters
+    and buffers (``load_state_dict(assign=True)``): no random initialisation that the weights
+    would overwrite (most of the time of building the model), and no copy. So the model and the
+    state dict share memory: change one in place and the other sees it.
+
     Raises ``models.spec.UnknownArchitecture`` for keys of no architecture here, and
     ``RuntimeError`` (from ``load_state_dict``) for keys or shapes that do not fit it.
     """
     spec, options = architecture_of_state_dict((k, tuple(v.shape)) for k, v in state_dict.items())
-    model = create_model(spec, **options)
-    model.load_state_dict(state_dict, strict=True)
+    model = create_model(spec, **options, device="meta")
+    model.load_state_dict(state_dict, strict=True, assign=True)
     return model.eval()

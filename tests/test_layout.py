@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import create_model
+from models import create_model, model_for_state_dict
 from models.spec import KINDS, ConvBN, LayerKind, architectures, layer_kind, make_kind, table
 
 VARIANTS = [(arch, classes, aux, fold) for arch, classes, aux, fold in itertools.product(
@@ -148,3 +148,27 @@ def _check_a_table_with(conv_relu):
                                  folded=False, drop=0)
     assert out["features.0.weight"][5, 2, 1, 0] == weight[1, 0, 2, 5]
 
+
+
+@pytest.mark.parametrize("arch, num_classes, aux, fold_bn", VARIANTS)
+def test_model_for_state_dict_holds_every_tensor_of_the_file(arch, num_classes, aux, fold_bn):
+    """Built on the meta device and given the file's tensors: nothing of the model is left on
+    the meta device (a tensor no state dict fills, e.g. a non-persistent buffer, would be)."""
+    spec = architectures()[arch]
+    state_dict = {key: torch.full(shape, 0.5) for key, shape
+                  in spec.target_layout(num_classes, aux, fold_bn).items()}
+    model = model_for_state_dict(state_dict)
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    assert [key for key, t in tensors.items() if t.device.type != "cpu"] == []
+    assert set(tensors) == set(state_dict)  # all of them from the file (ours: the file's own)
+    assert all(tensors[key].data_ptr() == state_dict[key].data_ptr() for key in state_dict)
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_a_model_tensor_no_state_dict_fills_is_left_on_meta():  # the check above can fail
+    spec = architectures()["inception_v3"]
+    state_dict = {key: torch.full(shape, 0.5) for key, shape in spec.target_layout(1000, True).items()}
+    model = model_for_state_dict(state_dict)
+    model.Conv2d_1a_3x3.register_buffer("scale", torch.empty(1, device="meta"), persistent=False)
+    assert [key for key, t in model.named_buffers() if t.device.type == "meta"] == [
+        "Conv2d_1a_3x3.scale"]
