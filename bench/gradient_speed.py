@@ -54,10 +54,10 @@ from porting.verify.parity import GRADIENT_RELATIVE_TOLERANCE  # noqa: E402
 from porting.verify.photos import load_photos  # noqa: E402
 
 THREADS = 2
-DEFAULT_ARCHS = ("inception_v3", "resnet_v2_50")  # ~4 min together on 2 quiet cores
+DEFAULT_ARCHS = ("inception_v3", "resnet_v2_50")  # a few minutes; all six: ~23 min under load
 PARITY_IMAGES = 4  # photos whose gradients are checked, PARITY_BATCH at a time
 PARITY_BATCH = 2
-TF_NAME = "TF graph: tf.gradients in a session"
+TF_NAME = "TF: the oracle's graph gradient"
 
 CONTENDERS = {
     "PyTorch eager (as loaded)": model_for_state_dict,
@@ -97,8 +97,8 @@ def main() -> None:
 def bench(spec, rounds: int, batches: list[int]) -> bool:
     """Check and time one architecture; False if some contender failed its parity check."""
     oracle = spec.oracle_module()
-    print(f"\n=== {spec.title}: input gradient of the cross-entropy, {spec.oracle_name} vs the "
-          f"ported model", flush=True)
+    print(f"\n=== {spec.title}: input gradient of the cross-entropy, TF ({spec.oracle_name}) vs "
+          f"the ported model", flush=True)
     _, photos = load_photos(config=spec.eval)
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
