@@ -70,9 +70,10 @@ CONTENDERS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
-    parser.add_argument("--arch", nargs="+", choices=list(architectures()),
+    parser.add_argument("--arch", nargs="+", choices=list(architectures()), metavar="NAME",
                         default=list(DEFAULT_ARCHS),
-                        help=f"architectures to bench (default: {' '.join(DEFAULT_ARCHS)})")
+                        help=f"architectures to bench, of: {' '.join(architectures())} "
+                             f"(default: {' '.join(DEFAULT_ARCHS)})")
     parser.add_argument("--batch", nargs="+", type=int, default=[8, 16],
                         help="batch sizes (default: 8 16)")
     parser.add_argument("--glibc-default", action="store_true",
