@@ -13,6 +13,7 @@ _HOMES = {
     "create_model": "models.loading",
     "model_for_state_dict": "models.loading",
     "deploy_model": "models.deploy",
+    "gradient_model": "models.deploy",
     "fold_batch_norm": "models.folding",
     "architectures": "models.spec",
     "get_architecture": "models.spec",

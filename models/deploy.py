@@ -18,10 +18,20 @@ loads: libgomp's default spin-waiting makes every op wait for the thread that lo
 
 Not used: ``torch.compile`` (with weight freezing) measured no faster here, slower at batch 1,
 and costs 45-70 s of compilation and a C++ compiler; TorchScript freezing was slower too.
+
+``gradient_model`` is the copy for input gradients (iterative attacks): folded and channels_last
+too, but with autograd, which ``deploy_model``'s fused oneDNN primitives have none of. Its
+speed also depends on the allocator: ``retain_freed_memory`` (``bench/gradient_speed.py``).
+Not used for gradients either: ``torch.compile`` of the forward + backward took ~4 min to
+compile Inception v3 on 2 loaded cores and then ran slower than eager; a custom autograd
+function around ``ConvReLU`` (backward: ReLU mask, then oneDNN's backward-data convolution)
+used the same CPU time as the channels_last folded model.
 """
 from __future__ import annotations
 
 import copy
+import ctypes
+import platform
 
 import torch
 from torch import nn
@@ -75,14 +85,62 @@ def folded_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn
     return model.eval().requires_grad_(False)
 
 
+def _channels_last(model: nn.Module) -> nn.Module:
+    """``model`` with its weights and every input in channels_last (NHWC) memory order."""
+    model = model.to(memory_format=torch.channels_last)
+    model.register_forward_pre_hook(_channels_last_input)
+    return model
+
+
+def gradient_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of a ported model (plain or folded) or of a ported state dict for fast gradients
+    with respect to the input: ``folded_model`` (batch norms folded, no AuxLogits, parameters
+    frozen, so autograd records the path back to the input and nothing for the ~20-140M
+    weights) in channels_last, oneDNN's fastest layout on CPU. Its input gradients are the
+    plain model's up to float32 rounding (the folded weights are rounded once); tested against
+    TF-Slim's ``tf.gradients`` in ``tests/test_gradients.py``.
+
+    Pass the input with ``requires_grad=True`` (or use
+    ``porting.verify.gradients.torch_loss_gradient``); for the speed measured in
+    ``bench/gradient_speed.py``, also call ``retain_freed_memory()`` once. The input model is
+    left untouched.
+    """
+    return _channels_last(folded_model(model_or_state_dict))
+
+
+# glibc's mallopt parameters (<malloc.h>)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep the memory PyTorch frees for reuse, for the rest of the process;
+    True if it now does (glibc only; elsewhere nothing changes and this returns False).
+
+    glibc serves every block above its mmap threshold (at most 32 MiB) with a fresh ``mmap``
+    and unmaps it on free, so each large activation and gradient of a batch is new memory that
+    the kernel zero-fills page by page on first touch: measured on Inception v3's input
+    gradient at batch 16 on 2 threads, 0.15-0.4 s of system time per batch, 7-15% of the run
+    (TF's session, in the same process: ~0.03 s). Here ``mmap`` is turned off (``M_MMAP_MAX``
+    0) and the heap is never trimmed (``M_TRIM_THRESHOLD`` -1), so freed blocks stay in the
+    heap for the next ones: in a loop that repeats the same shapes (an attack's iterations)
+    the heap settles after a batch or two and the system time goes to ~0 (measured: 1.8 GiB
+    resident, steady, against 1.1-1.5 GiB). A heap is not a pool: small blocks allocated
+    between large ones can still leave a large request no free block that fits. The cost:
+    the process keeps its peak heap until it exits. Computed values are unchanged.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+
+
 def deploy_model(model_or_state_dict: nn.Module | dict[str, torch.Tensor]) -> nn.Module:
     """A fast inference copy of a ported model (plain or folded) or of a ported state dict.
 
     Call it under ``torch.inference_mode()`` or ``torch.no_grad()``. The input model is left
     untouched; the result has no AuxLogits and is not meant to be saved.
     """
-    model = folded_model(model_or_state_dict).to(memory_format=torch.channels_last)
-    model.register_forward_pre_hook(_channels_last_input)
+    model = _channels_last(folded_model(model_or_state_dict))
     if not torch.backends.mkldnn.is_available():
         return model
     for parent in list(model.modules()):

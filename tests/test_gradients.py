@@ -102,3 +102,99 @@ def test_torch_gradient_is_the_input_gradient_only(ported_files, photos):
     F.cross_entropy(model(x), torch.from_numpy(labels), reduction="sum").backward()
     np.testing.assert_array_equal(gradient, x.grad.permute(0, 2, 3, 1).numpy())
     np.testing.assert_array_equal(logits, model(x).detach().numpy())
+
+
+# --- models.deploy.gradient_model: the fast path for input gradients (bench/gradient_speed.py)
+
+@pytest.mark.parametrize("variant, dropped", [("1000", 1), ("fold-bn", 0)])
+def test_gradient_model_gradients_agree_with_tf(variant, dropped, ported_files, tf_model, photos):
+    import torch
+
+    from models.deploy import gradient_model
+
+    plain = load_ported(ported_files[variant])
+    model = gradient_model(plain)
+    assert not any(p.requires_grad for p in model.parameters())  # autograd: the input only
+    assert any(p.requires_grad for p in plain.parameters())  # the input model is untouched
+    assert model.Conv2d_1a_3x3.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    parity = gradient_parity(model, tf_model, photos[1][:2], dropped=dropped,
+                             relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
+    print(parity)
+    assert parity.passed, parity
+    assert parity.sign_agreement > 0.98
+    assert parity.fooled >= 1
+
+
+def test_gradient_model_parity_catches_a_wrong_port(ported_files, tf_model, photos):
+    """Negative control: the same check on the fast path fails for timm's pooling (padding
+    counted in the average pools)."""
+    import torch
+
+    from models.deploy import gradient_model
+
+    wrong = load_ported(ported_files["1001"])
+    for module in wrong.modules():
+        if isinstance(module, torch.nn.AvgPool2d):
+            module.count_include_pad = True
+    parity = gradient_parity(gradient_model(wrong), tf_model, photos[1][:1], dropped=0,
+                             relative_tolerance=FLOAT32_RELATIVE_TOLERANCE)
+    print(parity)
+    assert parity.relative_error > FLOAT32_RELATIVE_TOLERANCE
+
+
+RETAIN_STEPS = 16
+RETAIN_PROBE = f"""
+STEPS = {RETAIN_STEPS}
+import platform, resource, sys
+import torch
+from models.deploy import retain_freed_memory
+
+retained = retain_freed_memory() if sys.argv[1] == "retain" else None
+
+def step():  # an activation of 96 MiB and its successor: allocated, written, freed
+    x = torch.ones(24 << 20)
+    y = x * 2
+
+for _ in range(3):  # the heap settles
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(STEPS):
+    step()
+print(platform.libc_ver()[0], retained, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_retain_freed_memory_stops_page_faults_on_reuse():
+    """glibc's default maps each large block afresh (one page fault per 4 KiB page touched);
+    after ``retain_freed_memory`` freed blocks' pages serve the next ones. Counted in page
+    faults (work), in a child process: the setting is for the rest of a process's life."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+
+    def probe(mode: str) -> tuple[str, str, int]:
+        done = subprocess.run([sys.executable, "-c", RETAIN_PROBE, mode], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        libc, retained, faults = done.stdout.split()
+        return libc, retained, int(faults)
+
+    pages = RETAIN_STEPS * 2 * (96 << 20) // resource.getpagesize()  # allocated, all steps
+    libc, retained, faults = probe("retain")
+    if libc != "glibc":
+        assert retained == "False"
+        return
+    assert retained == "True"
+    default = probe("default")[2]
+    print(f"page faults in {RETAIN_STEPS} steps: {faults} retained, {default} by default "
+          f"({pages} pages allocated)")
+    assert default > pages * 0.9  # glibc's default: fresh memory for every block
+    # retained: freed pages serve the next steps (a heap, not a pool: now and then a block
+    # finds no free one that fits: measured at most 3 blocks in 32)
+    assert faults < pages * 0.25

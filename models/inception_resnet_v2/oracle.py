@@ -570,17 +570,26 @@ class KerasInceptionResNetV2:
                       dropped: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(Logits[:, dropped:], d loss / d images) for the summed softmax cross-entropy of
         ``labels`` (indices into the kept classes); ``dropped=1`` drops the background
-        (``ClassLayout.dropped``)."""
+        (``ClassLayout.dropped``). Traced once per ``dropped`` into one TF graph, as the
+        forward pass is (``_graph``)."""
         tf = import_tensorflow()
-        features = self._tensors(("PreLogitsFlatten",))
-        images = tf.constant(np.asarray(images_nhwc, self.dtype))
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            logits = self._logits(features(images, training=False)["PreLogitsFlatten"])
-            logits = logits[:, dropped:]
-            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.constant(np.asarray(labels), tf.int64), logits=logits))
-        return logits.numpy(), tape.gradient(loss, images).numpy()
+        key = ("gradient", dropped)
+        if key not in self._probes:
+            features = self._tensors(("PreLogitsFlatten",))
+
+            def loss_gradient(images, labels):
+                with tf.GradientTape() as tape:
+                    tape.watch(images)
+                    logits = self._logits(features(images, training=False)["PreLogitsFlatten"])
+                    logits = logits[:, dropped:]
+                    loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                        labels=labels, logits=logits))
+                return logits, tape.gradient(loss, images)
+
+            self._probes[key] = tf.function(loss_gradient, reduce_retracing=True)
+        logits, gradient = self._probes[key](tf.constant(np.asarray(images_nhwc, self.dtype)),
+                                             tf.constant(np.asarray(labels), tf.int64))
+        return logits.numpy(), gradient.numpy()
 
     def close(self):
         """Drop the Keras model and its probes (their memory goes with them)."""
