@@ -216,9 +216,10 @@ def _check_shapes(reader, spec: Architecture, layers, sources, options) -> Class
 def _check_finite(path, name: str, value: np.ndarray) -> None:
     """PortError naming a variable that holds NaN or Inf: a damaged or diverged checkpoint
     would otherwise be ported silently (and fold into every later layer's output)."""
-    finite = np.isfinite(value)
-    if not finite.all():
-        bad = value.size - int(finite.sum())
+    if value.size == 0 or (np.isfinite(value.min()) and np.isfinite(value.max())):
+        return  # NaN propagates through min and max, and an Inf is one of them: no temporary
+    bad = value.size - int(np.isfinite(value).sum())
+    if bad:
         raise PortError(f"{path}: {name} holds {bad} NaN/Inf value{'s' * (bad > 1)} of "
                         f"{value.size}; --allow-nonfinite ports it anyway")
 
