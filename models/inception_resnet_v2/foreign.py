@@ -11,22 +11,16 @@
   ``InceptionResnetV2/InceptionResnetV2/``), 1001 classes, aux head; ``Logits/Logits`` is a
   fully connected layer, its node ``.../MatMul`` (MMdnn's dense naming).
 """
-from models.inception_resnet_v2.spec import ROOT, SPEC
+from models.inception_resnet_v2.spec import SPEC
+from models.spec import inception_op_scope
 from models.spec.foreign import PICKLED_DICT, ForeignLayout, register, renamed, zoo_keys
-
-
-def name_scope(scope: str) -> str:
-    below = scope.split("/", 1)[1]
-    if below.split("/", 1)[0] in ("Logits", "AuxLogits"):
-        return scope
-    return f"{ROOT}/{scope}"
 
 
 def _last_linear(key: str) -> str:
     return "last_linear." + key[len("classif."):] if key.startswith("classif.") else key
 
 
-_ZOO = zoo_keys(SPEC, 1001, True, name_scope)
+_ZOO = zoo_keys(SPEC, 1001, True, inception_op_scope)
 
 register(
     ForeignLayout("timm", SPEC.name, "inception_resnet_v2", 1000, False,

@@ -13,7 +13,8 @@
   graph node names, 1001 classes, aux head; TF-Slim opens the ``InceptionV3`` scope twice, so
   the body's nodes are ``InceptionV3/InceptionV3/...`` and the heads' ``InceptionV3/Logits/...``.
 """
-from models.inception_v3.spec import ROOT, SPEC
+from models.inception_v3.spec import SPEC
+from models.spec import inception_op_scope
 from models.spec.foreign import PICKLED_DICT, ForeignLayout, register, renamed, zoo_keys
 
 PADDED_POOLS = ("its 3x3 average pools count the zero padding (count_include_pad=True); TF's "
@@ -24,25 +25,17 @@ def timm_model(num_classes: int):
     from models.third_party import timm
 
     return timm().create_model("inception_v3", pretrained=False, num_classes=num_classes,
-                             aux_logits=True)
+                               aux_logits=True)
 
 
 def torchvision_model(num_classes: int):
     from models.third_party import torchvision_models
 
-    return torchvision_models().Inception3(num_classes=num_classes, aux_logits=True, transform_input=False,
-                      init_weights=False)
+    return torchvision_models().Inception3(num_classes=num_classes, aux_logits=True,
+                                           transform_input=False, init_weights=False)
 
 
-def name_scope(scope: str) -> str:
-    """The zoo's node scope for a variable scope: the body's under the root opened twice."""
-    below = scope.split("/", 1)[1]
-    if below.split("/", 1)[0] in ("Logits", "AuxLogits"):
-        return scope
-    return f"{ROOT}/{scope}"
-
-
-_ZOO = zoo_keys(SPEC, 1001, True, name_scope)
+_ZOO = zoo_keys(SPEC, 1001, True, inception_op_scope)
 
 register(
     ForeignLayout("timm", SPEC.name, "inception_v3", 1000, True, renamed(SPEC, 1000, True),

@@ -8,18 +8,11 @@
 - The converter zoo's ``tf_inception_v4.npy`` (ylhz/tf_to_pytorch_model, MMdnn's emitter): TF
   graph node names (body under ``InceptionV4/InceptionV4/``), 1001 classes, aux head.
 """
-from models.inception_v4.spec import ROOT, SPEC
+from models.inception_v4.spec import SPEC
+from models.spec import inception_op_scope
 from models.spec.foreign import PICKLED_DICT, ForeignLayout, register, renamed, zoo_keys
 
-
-def name_scope(scope: str) -> str:
-    below = scope.split("/", 1)[1]
-    if below.split("/", 1)[0] in ("Logits", "AuxLogits"):
-        return scope
-    return f"{ROOT}/{scope}"
-
-
-_ZOO = zoo_keys(SPEC, 1001, True, name_scope)
+_ZOO = zoo_keys(SPEC, 1001, True, inception_op_scope)
 
 register(
     ForeignLayout("timm", SPEC.name, "inception_v4", 1000, False, renamed(SPEC, 1000, False),

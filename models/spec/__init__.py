@@ -18,5 +18,6 @@ from models.spec.discovery import (UnknownArchitecture, architecture_of_model,
                                    get_architecture, representatives)
 from models.spec.kinds import (BUFFERS, KINDS, BatchNorm, ConvBias, ConvBN, LayerKind,
                                layer_kind, make_kind)
-from models.spec.taps import Tap, Taps, UnknownTap, base_scope, inception_taps, slim_op
+from models.spec.taps import (Tap, Taps, UnknownTap, base_scope, inception_op_scope,
+                              inception_taps, slim_op)
 from models.spec.table import AUX_SCOPE, EMA_SUFFIX, Layer, table, with_root

@@ -121,6 +121,17 @@ def base_scope(root: str) -> str:
     return f"{root}/{root}"
 
 
+def inception_op_scope(scope: str) -> str:
+    """The name scope of the ops that use the variables of ``scope`` in an Inception graph:
+    the trunk's under ``base_scope`` (``InceptionV3/Conv2d_1a_3x3`` ->
+    ``InceptionV3/InceptionV3/Conv2d_1a_3x3``), the heads' (``AuxLogits``, ``Logits``) where
+    their variables are."""
+    root, _, below = scope.partition("/")
+    if below.split("/", 1)[0] in ("AuxLogits", "Logits"):
+        return scope
+    return f"{base_scope(root)}/{below}"
+
+
 def inception_taps(arch: str, root: str, end_points: Iterable[str], *,
                    heads: dict[str, str | None]) -> Taps:
     """The taps of an Inception net, one per end point in ``end_points`` (network order): a

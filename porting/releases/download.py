@@ -254,8 +254,18 @@ def download(url: str, dest: Path, expected_sha256: str | None = None, *, retrie
     stream = stream or sys.stderr
     expected = _checked_sha256(expected_sha256) if expected_sha256 else None
     _request(url)  # a malformed URL is refused before anything is created
-    part = dest.with_name(dest.name + ".part")
     ends = time.monotonic() + deadline
+    return _into_part(dest, expected, pinned_in, stream, lambda part, out: _fetch_into(
+        url, dest, part, out, expected, pinned_in, retries, backoff, timeout, ends, max_bytes,
+        stream, keep_partial, progress))
+
+
+def _into_part(dest: Path, expected: str | None, pinned_in: str | None, stream: TextIO,
+               fill) -> Fetched:
+    """``dest`` as it is (``already_there``), else ``fill(part, out)`` with ``dest``'s
+    ``.part`` held (``_claimed``); a ``.part`` that another process finished (or dropped)
+    while this one waited sends it round again."""
+    part = dest.with_name(dest.name + ".part")
     while True:
         if os.path.lexists(dest):
             return already_there(dest, expected, pinned_in)
@@ -264,10 +274,8 @@ def download(url: str, dest: Path, expected_sha256: str | None = None, *, retrie
         except OSError as err:
             raise cannot_write(dest, err) from err
         with _claimed(part, stream) as out:
-            if out is None:  # another fetch finished (or dropped) it while we waited
-                continue
-            return _fetch_into(url, dest, part, out, expected, pinned_in, retries, backoff,
-                               timeout, ends, max_bytes, stream, keep_partial, progress)
+            if out is not None:
+                return fill(part, out)
 
 
 def copy_archive(source: Path, dest: Path, expected_sha256: str | None = None, *,
@@ -278,25 +286,18 @@ def copy_archive(source: Path, dest: Path, expected_sha256: str | None = None, *
     ``.part``, verified, renamed into place; nothing kept on failure)."""
     stream = stream or sys.stderr
     expected = _checked_sha256(expected_sha256) if expected_sha256 else None
-    part = dest.with_name(dest.name + ".part")
-    while True:
-        if os.path.lexists(dest):
-            return already_there(dest, expected, pinned_in)
+
+    def fill(part: Path, out) -> Fetched:
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise cannot_write(dest, err) from err
-        with _claimed(part, stream) as out:
-            if out is None:
-                continue
-            try:
-                _copy_part(source, part, out, max_bytes, Progress(dest.name, stream, progress))
-                return _settle(part, out, dest, expected, pinned_in, str(source),
-                               length_checked=True)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    _discard(part)
-                raise
+            _copy_part(source, part, out, max_bytes, Progress(dest.name, stream, progress))
+            return _settle(part, out, dest, expected, pinned_in, str(source),
+                           length_checked=True)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                _discard(part)
+            raise
+
+    return _into_part(dest, expected, pinned_in, stream, fill)
 
 
 def _copy_part(source: Path, part: Path, out, max_bytes: int, progress: Progress) -> None:
