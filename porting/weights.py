@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -18,14 +20,18 @@ class DigestMismatch(PortError):
     """The weights file is not the one expected: its sha256 differs."""
 
 
-def _checked(file, path: Path, sha256: str) -> None:
-    """Hash the open ``file`` to its end and rewind it; DigestMismatch unless it is ``sha256``."""
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: file.read(1 << 20), b""):
+def _sha256_of(fd: int) -> str:
+    """The sha256 of the open file ``fd``, read with ``pread`` (its offset is left alone)."""
+    digest, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, 1 << 20, offset):
         digest.update(chunk)
-    if digest.hexdigest() != sha256:
-        raise DigestMismatch(f"{path}: sha256 is {digest.hexdigest()}, expected {sha256}")
-    file.seek(0)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+def _check_digest(found: str, path: Path, sha256: str) -> None:
+    if found != sha256:
+        raise DigestMismatch(f"{path}: sha256 is {found}, expected {sha256}")
 
 
 def load_ported(path: str | Path, sha256: str | None = None) -> nn.Module:
@@ -33,9 +39,10 @@ def load_ported(path: str | Path, sha256: str | None = None) -> nn.Module:
 
     ``.pth`` files load with ``weights_only=True`` (a weights file must never run code on load);
     ``.safetensors`` files with safetensors. Either must be a regular file (``porting.files``'
-    input rule: a pipe or a device is refused, not read). With ``sha256``, the file's digest is
-    checked first, on the descriptor that is then loaded (nothing can swap the file between the
-    check and the load): ``DigestMismatch`` if it differs.
+    input rule: a pipe or a device is refused, not read). With ``sha256``, the digest of the
+    descriptor that is loaded (nothing can swap the file between the check and the load) is
+    taken beside the load, and the file counts only if it matches: ``DigestMismatch`` if it
+    differs (also where the file would not load at all).
     """
     from safetensors.torch import load as load_bytes, load_file
 
@@ -46,13 +53,20 @@ def load_ported(path: str | Path, sha256: str | None = None) -> nn.Module:
             if path.suffix == ".safetensors" and not sha256:
                 state_dict = load_file(check_input(path, "weights file"))
             else:
-                with open_input(path, "weights file") as file:
-                    if sha256:
-                        _checked(file, path, sha256)
-                    if path.suffix == ".safetensors":
-                        state_dict = load_bytes(file.read())
-                    else:
-                        state_dict = torch.load(file, map_location="cpu", weights_only=True)
+                with open_input(path, "weights file") as file, \
+                        ThreadPoolExecutor(max_workers=1) as pool:
+                    # the digest of the descriptor that is loaded, taken beside the load
+                    # (hashlib and reads release the GIL); the file counts only if it matches
+                    hashing = pool.submit(_sha256_of, file.fileno()) if sha256 else None
+                    try:
+                        if path.suffix == ".safetensors":
+                            state_dict = load_bytes(file.read())
+                        else:
+                            state_dict = torch.load(file, map_location="cpu",
+                                                    weights_only=True)
+                    finally:  # a mismatch is the error to report, whether or not it loaded
+                        if hashing is not None:
+                            _check_digest(hashing.result(), path, sha256)
     except PortError:
         raise
     except Exception as err:  # torch and safetensors raise many kinds for a damaged file

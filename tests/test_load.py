@@ -363,3 +363,23 @@ def test_progress_is_drawn_on_a_terminal(server, tmp_path):
     quiet = io.StringIO()
     download(server.url, tmp_path / "again" / ARCHIVE, DIGEST, stream=quiet)
     assert quiet.getvalue() == ""
+
+
+def test_load_ported_counts_a_file_only_if_its_digest_matches(warm, tmp_path):
+    """The digest is taken beside the load: a file of another digest is DigestMismatch, also
+    where it would load (one bit of a tensor) or would not load at all (truncated)."""
+    from porting.files import sha256_file
+    from porting.weights import DigestMismatch, load_ported
+
+    (weights,) = (warm / NAME / VARIANT).glob("*.pth")
+    digest = sha256_file(weights)
+    assert isinstance(load_ported(weights, sha256=digest), torch.nn.Module)
+    data = weights.read_bytes()
+    flipped, cut = tmp_path / "flipped.pth", tmp_path / "cut.pth"
+    flipped.write_bytes(data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 1])
+                        + data[len(data) // 2 + 1:])
+    cut.write_bytes(data[:len(data) // 3])
+    assert isinstance(load_ported(flipped), torch.nn.Module)  # it loads: only the digest tells
+    for bad in (flipped, cut):
+        with pytest.raises(DigestMismatch, match=f"{bad}: sha256 is [0-9a-f]{{64}}, expected"):
+            load_ported(bad, sha256=digest)

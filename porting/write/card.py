@@ -24,6 +24,11 @@ COMPETITION_BIBTEX = """@article{kurakin2018adversarial,
 }"""
 
 
+def citation() -> list[str]:
+    """A card's citation section up to its papers: the heading and the competition's BibTeX."""
+    return ["## Citation", "", "```bibtex", COMPETITION_BIBTEX, "```", ""]
+
+
 def classes_line(layout: ClassLayout) -> str:
     """What the outputs of a file with ``layout`` are, in words."""
     if layout.offset:
@@ -127,12 +132,7 @@ def model_card(manifest: Manifest) -> str:
         "preprocessed as above",
         "```",
         "",
-        "## Citation",
-        "",
-        "```bibtex",
-        COMPETITION_BIBTEX,
-        "```",
-        "",
+        *citation(),
         f"Architecture: {spec.paper}",
         *(["", "Training of these weights:", *papers] if papers else []),
         "",

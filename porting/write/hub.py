@@ -29,7 +29,7 @@ from pathlib import Path
 
 from models.spec import Architecture, ClassLayout, get_architecture
 from porting.releases.registry import Release, load_registry
-from porting.write.card import (COMPETITION_BIBTEX, channels, classes_line, crop_line,
+from porting.write.card import (citation, channels, classes_line, crop_line,
                                 origin_line, parity_line)
 from porting.write.manifest import (FileRecord, Manifest, ParityRecord, PortOptionsRecord,
                                     SourceRecord, ToolRecord, plain_record, sidecar)
@@ -283,12 +283,7 @@ def release_card(config: HubConfig, folder: str) -> str:
         "TF and records the parity in the manifest; `port-weights release` run again on this "
         "folder carries it into `config.json` and this card.",
         "",
-        "## Citation",
-        "",
-        "```bibtex",
-        COMPETITION_BIBTEX,
-        "```",
-        "",
+        *citation(),
         *papers,
         "",
     ])
