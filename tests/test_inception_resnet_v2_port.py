@@ -17,6 +17,7 @@ from models.inception_resnet_v2.spec import SPEC
 from porting.cli import main
 from porting.verify.parity import compare
 from porting.verify.torch_runner import torch_outputs
+from release_tools import assert_release_is_reproducible
 
 DATA = Path(__file__).parent / "data"
 
@@ -288,3 +289,9 @@ def test_verify_refuses_a_file_of_another_architecture(irv2, ported_files, tmp_p
     result = _run("verify", "--src", irv2[0], "--weights", ported_files["1000"], "--count", 1)
     assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1
     assert "is Inception v3; it cannot be a port of" in result.stderr
+
+
+def test_the_release_folder_is_byte_reproducible(irv2, tmp_path):
+    """``port-weights release`` twice: the same folder, byte for byte."""
+    assert_release_is_reproducible(irv2[0], tmp_path)
+

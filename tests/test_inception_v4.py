@@ -32,6 +32,7 @@ from porting.cli import main
 from porting.verify.parity import compare
 from porting.verify.torch_runner import torch_outputs
 from porting.weights import load_ported
+from release_tools import assert_release_is_reproducible
 
 # The variants, as CLI options.
 VARIANTS = {"1001": ["--num-classes", "1001"], "1000": [], "no-aux": ["--no-aux"],
@@ -364,3 +365,9 @@ def test_onnx_export_passes_verify_in_both_engines(v4, photos, tmp_path):
     count, findings = check_average_pools(model)
     assert count == 14 and [f.node for f in findings] == [node.name]
     assert "/features.6/branch3/" in node.name  # Mixed_5b's pool
+
+
+def test_the_release_folder_is_byte_reproducible(v4, tmp_path):
+    """``port-weights release`` twice: the same folder, byte for byte."""
+    assert_release_is_reproducible(v4.checkpoint, tmp_path)
+

@@ -36,6 +36,7 @@ from porting.weights import load_ported
 
 from conftest import BATCH_1_IMAGES
 from taps_tools import TAP_IMAGES, check_taps, graph_tensors
+from release_tools import assert_release_is_reproducible
 
 ARCHS = ["resnet_v2_50", "resnet_v1_50", "resnet_v2_101", "resnet_v1_101", "resnet_v2_152",
          "resnet_v1_152"]
@@ -340,3 +341,9 @@ def test_registry_entry_fits_its_architecture(name):
     assert release.background_class == (0 if spec.eval.label_offset else None)
     assert release.url == f"http://download.tensorflow.org/models/{release.archive}"
     assert release.archive.startswith(name + "_2016_08_28" if "v1" in name else name + "_2017_04_14")
+
+
+def test_the_release_folder_is_byte_reproducible(case, tmp_path):
+    """``port-weights release`` twice: the same folder, byte for byte."""
+    assert_release_is_reproducible(case.checkpoint, tmp_path)
+

@@ -43,6 +43,7 @@ from porting.weights import load_ported
 from conftest import BATCH_1_IMAGES
 from taps_tools import TAP_IMAGES, check_taps, graph_tensors
 from models.third_party import torchvision_models
+from release_tools import assert_release_is_reproducible
 
 ARCHS = ["vgg_16", "vgg_19"]
 FULL = "vgg_16"  # the architecture every check runs on
@@ -381,3 +382,9 @@ def test_onnx_export_passes_verify_in_both_engines_and_fc6_in_tf_order_fails(vgg
     verdict = result.stderr.strip().splitlines()[-1]
     assert verdict.startswith("FAIL: ONNX Runtime") and "first divergence at Logits" in verdict, \
         verdict
+
+
+def test_the_release_folder_is_byte_reproducible(vgg, tmp_path):
+    """``port-weights release`` twice: the same folder, byte for byte."""
+    assert_release_is_reproducible(vgg.checkpoint, tmp_path)
+
