@@ -47,6 +47,9 @@ def read_foreign(path: Path) -> dict[str, np.ndarray]:
         raise
     except Exception as err:  # torch and safetensors raise many kinds for a damaged file
         raise PortError(f"{path}: not a PyTorch weights file ({type(err).__name__})") from err
+    from porting.compare.pickles import check_tree
+
+    check_tree(path, loaded)  # a .pth is a pickle too: its memo can share one dict everywhere
     if isinstance(loaded, dict):
         for wrapper in WRAPPERS:
             if isinstance(loaded.get(wrapper), dict):
