@@ -14,6 +14,7 @@ from models.loading import model_for_state_dict
 from models.spec import UnknownArchitecture
 from porting.errors import PortError
 from porting.files import check_input, open_input
+from porting.read.archives import check_stored_zip
 
 
 class DigestMismatch(PortError):
@@ -59,6 +60,7 @@ def load_ported(path: str | Path, sha256: str | None = None) -> nn.Module:
                     # (hashlib and reads release the GIL); the file counts only if it matches
                     hashing = pool.submit(_sha256_of, file.fileno()) if sha256 else None
                     try:
+                        check_stored_zip(path, file)  # before torch.load inflates anything
                         if path.suffix == ".safetensors":
                             state_dict = load_bytes(file.read())
                         else:

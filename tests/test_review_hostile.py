@@ -89,3 +89,31 @@ def test_a_pth_sharing_one_dict_everywhere_or_nested_deep_is_refused(tmp_path):
     # the control: a state dict nested 16 deep is read
     torch.save(deep["a"], tmp_path / "ok.pth")
     assert list(read_foreign(tmp_path / "ok.pth")) == ["a/" * 16 + "w"]
+
+
+def test_a_pth_whose_members_are_deflated_is_refused_before_it_is_inflated(tmp_path):
+    """torch.load inflates a zip member whole: 200 MB of zeros deflate to ~200 KB."""
+    import zipfile
+
+    import torch
+
+    from porting.weights import load_ported
+
+    torch.save({"w": torch.zeros(4)}, tmp_path / "small.pth")
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(tmp_path / "small.pth") as src, \
+            zipfile.ZipFile(bomb, "w") as dst:
+        for info in src.infolist():
+            data, method = src.read(info.filename), zipfile.ZIP_STORED
+            if info.filename.endswith("/data/0"):  # the storage, 200 MB deflated
+                data, method = bytes(200 << 20), zipfile.ZIP_DEFLATED
+            dst.writestr(info.filename, data, compress_type=method)
+    assert bomb.stat().st_size < 1 << 20
+    before = peak_mb()
+    for read in (read_foreign, load_ported):
+        with pytest.raises(PortError, match=r"bomb\.pth: refused: member .*data/0' is "
+                                            r"compressed"):
+            read(bomb)
+    assert peak_mb() - before < 100
+    # the control: torch.save's own (stored) file is read
+    assert read_foreign(tmp_path / "small.pth")["w"].tolist() == [0, 0, 0, 0]

@@ -18,6 +18,7 @@ from models.spec import Architecture
 from models.spec.foreign import NOT_WEIGHTS, ForeignLayout, foreign_layouts
 from porting.errors import PortError
 from porting.files import check_input, open_input
+from porting.read.archives import check_stored_zip
 
 WRAPPERS = ("state_dict", "model")  # where training scripts keep the weights in a checkpoint
 
@@ -42,6 +43,7 @@ def read_foreign(path: Path) -> dict[str, np.ndarray]:
                 loaded = load_file(check_input(path, "weights file"))
             else:
                 with open_input(path, "weights file") as file:
+                    check_stored_zip(path, file)
                     loaded = torch.load(file, map_location="cpu", weights_only=True)
     except PortError:
         raise

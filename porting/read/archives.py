@@ -366,6 +366,35 @@ def _unpack_zip(archive: Path, target: Path, max_bytes: int, max_members: int,
     _any_written(archive, written, skipped)
 
 
+def check_stored_zip(path: Path, file: BinaryIO) -> None:
+    """PortError unless the open ``file`` (``path``), if a zip (``torch.save``'s ``.pth``), holds
+    only stored members whose declared sizes its own bytes cover: ``torch.save`` never
+    compresses, and ``torch.load`` inflates each member whole into memory before any check,
+    so one deflated member of zeros would make gigabytes from a few kilobytes. The file is
+    left at its start."""
+    start = file.read(4)
+    file.seek(0)
+    if start != b"PK\x03\x04":
+        return
+    size = os.fstat(file.fileno()).st_size
+    try:
+        members, _ = _zip_directory(path, file, size)
+        if members > size // 46:  # a central-directory entry takes at least 46 bytes
+            raise _Unreadable(f"declares {members} members")
+        with zipfile.ZipFile(file) as zipped:
+            infos = zipped.infolist()
+    except (_Unreadable, zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as err:
+        raise PortError(f"{path}: not a readable zip file: {first_line(err)}") from err
+    finally:
+        file.seek(0)
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise PortError(f"{path}: refused: member {info.filename!r} is compressed, which "
+                            "torch.save never does (it would be inflated whole into memory)")
+    if sum(info.file_size for info in infos) > size:
+        raise PortError(f"{path}: refused: its members declare more bytes than the file holds")
+
+
 def _any_written(archive: Path, written: int, skipped: list[str]) -> None:
     if not written:
         if skipped:
