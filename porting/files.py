@@ -376,6 +376,30 @@ def check_folder(path: Path) -> None:
         raise cannot_write(path, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
 
 
+def make_folders(path: Path) -> list[Path]:
+    """Create the folder ``path`` with its missing parents; the folders this call made,
+    deepest first (what ``remove_made`` takes away again when the outputs are not written)."""
+    missing, folder = [], Path(path)
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        folder = folder.parent
+    made = []
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:  # made meanwhile by another process: not this call's
+            continue
+        made.insert(0, folder)
+    return made
+
+
+def remove_made(folders: list[Path]) -> None:
+    """Remove the folders ``make_folders`` made, deepest first, each only while empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 @dataclass
 class _Staged:
     path: Path                  # where it goes
@@ -391,6 +415,15 @@ class Outputs:
     inputs: tuple = ()
     _staged: list = field(default_factory=list)
     _derived: set = field(default_factory=set)  # paths checked as derived names
+    _made: list = field(default_factory=list)  # folders made for the outputs, deepest first
+
+    def make_folder(self, path: Path) -> None:
+        """Create the folder ``path`` (with its missing parents) for the outputs: removed again,
+        while empty, unless they are committed. PortError (``cannot_write``) if it cannot be."""
+        try:
+            self._made[:0] = make_folders(path)
+        except OSError as err:
+            raise cannot_write(Path(path), err) from err
 
     def check(self, path: Path, derived: bool = False) -> None:
         """``check_target``; with ``derived`` (a name the tool derives) ``check_derived`` first,
@@ -453,6 +486,7 @@ class Outputs:
                 else:
                     move_into_place(staged.tmp, staged.path)
                     done.append(staged.path)
+            self._made = []  # they hold the outputs now
         except OSError as err:
             for path in done:
                 path.unlink(missing_ok=True)
@@ -469,6 +503,8 @@ class Outputs:
             if staged.tmp is not None:
                 discard_temporary(staged.tmp)
         self._staged = []
+        remove_made(self._made)
+        self._made = []
 
     def __enter__(self) -> "Outputs":
         return self
@@ -505,8 +541,9 @@ def staged_folder(path: Path):
     """Yields a new private folder beside ``path`` (the same file system), held while it
     lives; removed with everything in it unless ``place_folder`` moved it into place."""
     path = Path(path)
+    made = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        made = make_folders(path.parent)
         remove_stale_temporaries(path)
         while True:
             tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
@@ -517,6 +554,7 @@ def staged_folder(path: Path):
             except FileNotFoundError:  # swept before it was held: make another
                 continue
     except OSError as err:
+        remove_made(made)
         raise cannot_write(path, err) from err
     try:
         yield tmp
@@ -524,6 +562,8 @@ def staged_folder(path: Path):
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         release(tmp)
+        if not os.path.lexists(path):  # not placed: the folders made for it go too
+            remove_made(made)
 
 
 def place_folder(tmp: Path, path: Path, replace: bool = False) -> None:

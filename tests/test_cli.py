@@ -125,7 +125,7 @@ def test_failed_write_leaves_nothing(synthetic_ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", broken_replace)
     result = run("--src", synthetic_ckpt, "--dst", tmp_path / "out" / "m.pth")
     assert_clean_error(result, "No space left on device")
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # the folder made for the output too
 
 
 def test_missing_source(tmp_path):

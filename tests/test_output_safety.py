@@ -175,6 +175,31 @@ def test_a_failed_manifest_write_leaves_no_weights(synthetic_ckpt, tmp_path, mon
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("command", [[], ["release"]])
+def test_folders_made_for_the_outputs_go_with_them(command, synthetic_ckpt, tmp_path,
+                                                    monkeypatch):
+    """--dst in folders that do not exist yet: made for the outputs, and removed again when
+    nothing is written (the disk fills at the rename); kept, with the outputs, otherwise."""
+    from porting import files
+
+    def full_disk(tmp, path):
+        raise OSError(28, "No space left on device")
+
+    dst = tmp_path / "new" / "deeper" / ("out" if command else "out.pth")
+    monkeypatch.setattr(files, "move_into_place", full_disk)
+    if command:  # release renames its folder whole: the disk fills at that rename
+        monkeypatch.setattr(files.os, "rename", lambda *a: full_disk(*a))
+        args = [*command, "--src", synthetic_ckpt, "--dst", dst, "--no-timm-distance"]
+    else:
+        args = ["--src", synthetic_ckpt, "--dst", dst]
+    one_line_error(run(*args), 1, "No space left on device")
+    assert listing(tmp_path) == []
+    monkeypatch.undo()  # the control: written, the folders kept
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert dst.parent.is_dir() and any(dst.parent.iterdir())
+
+
 def test_verify_with_a_read_only_manifest_still_reports(ported, synthetic_ckpt, monkeypatch):
     """Parity passed, the manifest cannot be updated: the report stands, exit 0, files unchanged."""
     from porting import files
@@ -218,7 +243,7 @@ def test_sigterm_during_a_port_leaves_nothing(synthetic_ckpt, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines() == ["interrupted by SIGTERM; outputs left unwritten"]
-    assert listing(out) == [] and listing(tmp_path / "tmp") == []
+    assert not out.exists() and listing(tmp_path / "tmp") == []  # the folder made for it too
 
 
 def test_temporaries_of_a_killed_process_are_removed_by_the_next_run(synthetic_ckpt, tmp_path):

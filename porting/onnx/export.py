@@ -25,9 +25,9 @@ from pathlib import Path
 
 from models.spec import ClassLayout
 from porting.errors import PortError, escaped
-from porting.files import Outputs, cannot_write, sha256_file
+from porting.files import Outputs, sha256_file
 from porting.onnx.graph import PREFIX, with_metadata
-from porting.write.hashed import Written, hashed_path, settle_hashed
+from porting.write.hashed import Written, settle_hashed
 from porting.write.manifest import (ExportOptionsRecord, ExportSourceRecord, GraphOutputRecord,
                                     Manifest, ToolRecord, ported_from, sidecar, stage_sidecar,
                                     tool_version)
@@ -159,10 +159,7 @@ def export_weights(weights: str | Path, dst: str | Path, input_size: int | None 
 
 def _stage(outputs: Outputs, dst: Path, payload: bytes, force: bool) -> Written:
     sha256 = hashlib.sha256(payload).hexdigest()
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise cannot_write(hashed_path(dst, sha256), err) from err
+    outputs.make_folder(dst.parent)
     written = settle_hashed(outputs, dst, sha256, len(payload), force)
     if not written.unchanged:
         outputs.add(written.path, payload)

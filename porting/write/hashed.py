@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from porting.errors import PortError
-from porting.files import Outputs, cannot_write, sha256_file
+from porting.files import Outputs, sha256_file
 from porting.write.pth import CHUNK, raw_bytes, save_state_dict
 
 
@@ -107,10 +107,7 @@ def write_hashed(state_dict, dst: str | Path, outputs: Outputs, force: bool = Fa
     if dst.suffix not in ("", *FORMATS.values()):  # a .json or .md name would meet its sidecar
         raise PortError(f"{dst}: output name must end in {FORMATS[fmt]}")
     dst = dst.with_suffix(FORMATS[fmt])
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise cannot_write(dst, err) from err
+    outputs.make_folder(dst.parent)
     staged, written = stage_weights(state_dict, dst, outputs, fmt, metadata)
     written = settle_hashed(outputs, dst, written.sha256, written.size, force)
     staged.path = written.path
