@@ -814,7 +814,8 @@ def _terminate(signum, frame):
                    ".safetensors file, or the converter zoo's pickled .npy dict.")
 @click.option("--layout", metavar="NAME",
               help="The file's layout (timm, torchvision, cadene, zoo)  [default: the "
-                   "registered layout of the architecture whose keys the file holds most of]")
+                   "registered layout of the architecture whose keys the file holds most of, "
+                   "in its shapes]")
 @click.option("--images", "images_dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Folder of images to run  [default: scikit-image's 10 photos]")
 @click.option("--count", type=click.IntRange(min=1), metavar="N",
