@@ -390,6 +390,9 @@ def release(name, src, dst, pytorch_bin, timm_distance, ema, reader, arch, allow
     numbers (tf-porting's model). `port-weights verify --src CKPT --weights
     DIR/model.safetensors` records the parity in model.json; running `release` again carries
     it into config.json and the card.
+
+    Exit 0 when the folder is written (or already holds these bytes), 1 on bad input (nothing
+    written).
     """
     from porting.publish import make_release, release_archive
 
@@ -459,6 +462,8 @@ def fetch(name, dest, sha256, url, pin, mirror, offline):
       port-weights --src ARCHIVE --dst OUT.pth
 
     Python's `porting.load(NAME)` fetches (by the same code), ports and caches in one call.
+
+    Exit 0 when the archive is there and checked, 1 when it cannot be fetched or does not match.
     """
     from pathlib import Path
 
