@@ -390,6 +390,9 @@ def release(name, src, dst, pytorch_bin, timm_distance, ema, reader, arch, allow
     numbers (tf-porting's model). `port-weights verify --src CKPT --weights
     DIR/model.safetensors` records the parity in model.json; running `release` again carries
     it into config.json and the card.
+
+    Exit 0 when the folder is written (or already holds these bytes), 1 on bad input (nothing
+    written).
     """
     from porting.publish import make_release, release_archive
 
@@ -459,6 +462,8 @@ def fetch(name, dest, sha256, url, pin, mirror, offline):
       port-weights --src ARCHIVE --dst OUT.pth
 
     Python's `porting.load(NAME)` fetches (by the same code), ports and caches in one call.
+
+    Exit 0 when the archive is there and checked, 1 when it cannot be fetched or does not match.
     """
     from pathlib import Path
 
@@ -814,7 +819,8 @@ def _terminate(signum, frame):
                    ".safetensors file, or the converter zoo's pickled .npy dict.")
 @click.option("--layout", metavar="NAME",
               help="The file's layout (timm, torchvision, cadene, zoo)  [default: the "
-                   "registered layout of the architecture whose keys the file holds most of]")
+                   "registered layout of the architecture whose keys the file holds most of, "
+                   "in its shapes]")
 @click.option("--images", "images_dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Folder of images to run  [default: scikit-image's 10 photos]")
 @click.option("--count", type=click.IntRange(min=1), metavar="N",

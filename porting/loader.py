@@ -155,8 +155,8 @@ def load(name: str | os.PathLike, *, num_classes: int = 1000, aux: bool = True,
         elif glob.glob(glob.escape(os.fspath(name)) + "*"):  # a file, or a checkpoint prefix
             model = _load_path(Path(name), options, progress)
         else:
-            raise PortError(f"{name}: no release of that name (known: "
-                            f"{', '.join(sorted(releases))}) and no such file")
+            raise registry.unknown_release(os.fspath(name), releases, f"{os.fspath(name)}: "
+                                           "no release of that name and no such file")
     return model, Preprocess(architecture_of_model(model).eval, preprocess)
 
 

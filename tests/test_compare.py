@@ -89,6 +89,9 @@ def test_an_exact_copy_is_at_distance_zero(layout, foreign_files, synthetic_ckpt
     assert found.weight_distance == 0.0 and found.worst() == []
     assert not found.missing and not found.misshapen and not found.extra
     assert len(found.tensors) == len(foreign_layouts("inception_v3")[layout].keys)
+    # the runs not made say why, in the table and the JSON (was "not run: None")
+    assert found.weights_run_skipped and found.architecture_note
+    assert not any(line.endswith("None") for line in found.table())
 
 
 @pytest.mark.parametrize("layout", ["timm", "zoo"])
@@ -222,3 +225,19 @@ def test_zoo_names_are_the_generated_models():
                  "resnet_v2_50/block1/unit_1/bottleneck_v2/preact/FusedBatchNorm",
                  "resnet_v2_50/block1/unit_1/bottleneck_v2/shortcut/Conv2D"):
         assert node in names, node
+
+
+@pytest.mark.parametrize("arch", ["inception_v4", "inception_resnet_v2"])
+@pytest.mark.parametrize("classes,expected", [(1000, "timm"), (1001, "cadene")])
+def test_the_layout_is_told_by_shapes_where_keys_are_alike(arch, classes, expected):
+    """timm's Inception v4 / IRv2 keys are Cadene's (timm took them from pretrainedmodels): only
+    the classifier's classes tell a timm file (1000) from a Cadene one (1001). Each file is
+    compared with the port of its own class count, so a wrong guess would report the
+    classifier misshapen and never compare it."""
+    spec = get_architecture(arch)
+    layout = foreign_layouts(arch)[expected]
+    shapes = spec.target_layout(classes, layout.aux)
+    tensors = {theirs: np.zeros(shapes[ours], np.float32) for ours, theirs in layout.keys.items()}
+    chosen = choose_layout(Path("weights.pth"), tensors, spec)
+    assert (chosen.layout, chosen.num_classes) == (expected, classes)
+    assert not map_to_ours(tensors, chosen, shapes).misshapen

@@ -383,3 +383,17 @@ def test_load_ported_counts_a_file_only_if_its_digest_matches(warm, tmp_path):
     for bad in (flipped, cut):
         with pytest.raises(DigestMismatch, match=f"{bad}: sha256 is [0-9a-f]{{64}}, expected"):
             load_ported(bad, sha256=digest)
+
+
+def test_an_unknown_release_name_is_one_line_with_the_closest_names(tmp_path, monkeypatch):
+    """A typo in a release name says which release was probably meant, in one line, for
+    load() and `fetch` alike (one message, porting.releases.registry); nothing is created."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PortError) as err:
+        load("ens_adv_inception_resnet", cache_dir=tmp_path / "cache", offline=True)
+    line = str(err.value)
+    assert "\n" not in line and "did you mean 'ens_adv_inception_resnet_v2'" in line
+    result = CliRunner().invoke(main, ["fetch", "ens3_adv_inception", "--offline",
+                                       "--dest", str(tmp_path / "d")])
+    assert result.exit_code == 1 and "did you mean 'ens3_adv_inception_v3'" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -111,13 +111,16 @@ def end_points(name: str) -> tuple[str, ...]:
 
 def taps(name: str) -> Taps:
     """Every end point with its tensor in TF-Slim's graph: a conv's or fc's ReLU, a pool's max
-    pool, and fc8's squeeze (``Logits``)."""
+    pool, and fc8's squeeze (``Logits``, and TF-Slim's own end point ``<root>/fc8``)."""
     def tensor(end_point: str) -> str:
         if end_point == "Logits":
             return f"{name}/fc8/squeezed"
         return f"{end_point}/{'MaxPool' if end_point.rsplit('/', 1)[1].startswith('pool') else 'Relu'}"
 
-    return Taps(name, [Tap(tensor(end_point), (end_point,)) for end_point in end_points(name)])
+    def names(end_point: str) -> tuple[str, ...]:
+        return (end_point, f"{name}/fc8") if end_point == "Logits" else (end_point,)
+
+    return Taps(name, [Tap(tensor(end_point), names(end_point)) for end_point in end_points(name)])
 
 
 def _spec(name: str) -> Architecture:

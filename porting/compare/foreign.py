@@ -96,7 +96,9 @@ class Mapped:
 def choose_layout(path: Path, tensors: dict, spec: Architecture,
                   name: str | None = None) -> ForeignLayout:
     """The registered layout of ``spec`` that ``name`` names, or (``name`` None) the one whose
-    keys the file holds most of; PortError naming the file when none fits."""
+    keys the file holds most of in the layout's shapes (timm's Inception v4 keys are Cadene's:
+    only the classifier's 1000 or 1001 classes tell them apart); PortError naming the file
+    when none fits."""
     layouts = {key: layout for key, layout in foreign_layouts(spec.name).items()
                if path.suffix in layout.suffixes or path.suffix in (".pt", ".bin")
                and ".pth" in layout.suffixes}
@@ -105,15 +107,26 @@ def choose_layout(path: Path, tensors: dict, spec: Architecture,
             raise PortError(f"{path}: no {name!r} layout of {spec.title} for {path.suffix} "
                             f"files (known: {', '.join(layouts) or 'none'})")
         return layouts[name]
-    scores = {key: sum(theirs in tensors or theirs in layout.implied_ones
-                       for theirs in layout.keys.values()) / len(layout.keys)
-              for key, layout in layouts.items()}
+    def fits(layout: ForeignLayout) -> float:
+        shapes = spec.target_layout(layout.num_classes, layout.aux)
+        return sum(theirs in layout.implied_ones and theirs not in tensors
+                   or theirs in tensors and _fits(tensors[theirs], shapes[ours], theirs, layout)
+                   for ours, theirs in layout.keys.items()) / len(layout.keys)
+
+    scores = {key: fits(layout) for key, layout in layouts.items()}
     best = max(scores, key=lambda key: (scores[key], -len(layouts[key].keys)), default=None)
     if best is None or scores[best] < 0.5:
         found = ", ".join(f"{key} {score:.0%}" for key, score in scores.items())
         raise PortError(f"{path}: its keys fit no layout of {spec.title} (keys found per "
                         f"layout: {found or 'no layout for this suffix'}); pass --layout")
     return layouts[best]
+
+
+def _fits(value: np.ndarray, shape: tuple, theirs: str, layout: ForeignLayout) -> bool:
+    """Whether a foreign tensor fills our tensor of ``shape`` (as is, or reshaped where the
+    layout says its values are ours in another shape)."""
+    return value.shape == shape or (theirs in layout.reshaped
+                                    and value.size == int(np.prod(shape)))
 
 
 def map_to_ours(tensors: dict[str, np.ndarray], layout: ForeignLayout,
@@ -128,14 +141,10 @@ def map_to_ours(tensors: dict[str, np.ndarray], layout: ForeignLayout,
                 missing[ours] = theirs
             continue
         value = tensors[theirs]
-        if value.shape != shapes[ours]:
-            if theirs in layout.reshaped and value.size == int(np.prod(shapes[ours])):
-                value = value.reshape(shapes[ours])
-            else:
-                misshapen[ours] = (f"{theirs} is {list(value.shape)}, ours "
-                                   f"{list(shapes[ours])}")
-                continue
-        mapped[ours] = value
+        if not _fits(value, shapes[ours], theirs, layout):
+            misshapen[ours] = f"{theirs} is {list(value.shape)}, ours {list(shapes[ours])}"
+            continue
+        mapped[ours] = value.reshape(shapes[ours]) if value.shape != shapes[ours] else value
     used = set(layout.keys.values())
     extra = [key for key in tensors if key not in used
              and key.rsplit(".", 1)[-1] not in NOT_WEIGHTS]

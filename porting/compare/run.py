@@ -17,6 +17,9 @@ from porting.verify.report import Report
 from porting.verify.request import UsageProblem, VerifyRequest
 
 
+TENSORS_ONLY = "per-tensor distances only (--tensors-only): no images run"
+
+
 @dataclass(frozen=True)
 class CompareRequest:
     foreign: Path
@@ -87,6 +90,8 @@ def compare(request: CompareRequest, progress=None) -> Comparison:
             comparison.tensors = tensor_distances(mapped, ours.state_dict)
         if request.end_points:
             _run(request, spec, mapped, tensors, comparison, stack, progress)
+        else:
+            comparison.weights_run_skipped = comparison.architecture_note = TENSORS_ONLY
     return comparison
 
 

@@ -126,11 +126,22 @@ def load_registry(paths: tuple[Path, ...] | None = None) -> dict[str, Release]:
     return releases
 
 
+def unknown_release(name: str, releases: dict[str, Release], problem: str | None = None
+                    ) -> PortError:
+    """The one-line error for a release name the registry lacks (``problem``: what the line
+    says first), the closest names suggested before the list of all."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(releases), n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return PortError(f"{problem or f'{REGISTRY}: no release named {name!r}'} ({hint}known: "
+                     f"{', '.join(sorted(releases))})")
+
+
 def get_release(name: str) -> Release:
     releases = load_registry()
     if name not in releases:
-        raise PortError(f"{REGISTRY}: no release named {name!r} "
-                        f"(known: {', '.join(sorted(releases))})")
+        raise unknown_release(name, releases)
     return releases[name]
 
 
