@@ -804,8 +804,6 @@ def _describe_skipped(skipped: dict[str, str], verbose: bool) -> str:
         " (-v lists them)"
 
 
-def _terminate(signum, frame):
-    raise Terminated(signum)  # the command exits with 128 + the signal's number (run)
 
 
 @main.command()
@@ -897,7 +895,7 @@ def run() -> None:
     left for it to do.
     """
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _terminate)
+        signal.signal(signum, Terminated.handler)  # exit 128 + the signal's number
     try:
         main()
     except SystemExit as done:

@@ -17,6 +17,11 @@ class Terminated(BaseException):
         super().__init__(signum)
         self.signum = signum
 
+    @classmethod
+    def handler(cls, signum: int, frame) -> None:
+        """The signal handler that raises it (``signal.signal(SIGTERM, Terminated.handler)``)."""
+        raise cls(signum)
+
 
 def escaped(text: str) -> str:
     """``text`` fit for a one-line message: kept as it is when printable, else with its control

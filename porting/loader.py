@@ -227,16 +227,11 @@ def _port_release(release, options: PortOptions, cache: Path, folder: Path, offl
                 raise PortError(f"{folder}: no cached port of {release.name} "
                                 f"({variant(options)}); {err}") from err
             raise
-        bar = Progress(f"port {release.name}", enabled=progress, unit="step")
-        try:
-            # the release's architecture, not whatever the archive holds: an archive of another
-            # net under this name fails to port instead of being cached as this release
-            result = port_checkpoint(got.fetched.path, folder / f"{release.name}{WEIGHTS_SUFFIX}",
-                                     replace(options, arch=release.architecture),
-                                     force=True, pins=cache,
-                                     progress=lambda stage: bar.step(stage, len(PORT_STAGES)))
-        finally:
-            bar.end_line()
+        # the release's architecture, not whatever the archive holds: an archive of another
+        # net under this name fails to port instead of being cached as this release
+        result = _port(got.fetched.path, folder / f"{release.name}{WEIGHTS_SUFFIX}",
+                       replace(options, arch=release.architecture), release.name, progress,
+                       force=True, pins=cache)
         if got.expected is None:  # trust on first use, now that it ported
             registry.pin(release, got.fetched.sha256, got.origin, cache)
         return result.written
@@ -260,13 +255,20 @@ def _load_path(path: Path, options: PortOptions, progress: bool | None):
     if path.suffix in (".pth", ".safetensors"):
         return load_ported(path)
     with tempfile.TemporaryDirectory(prefix="port-weights-load-") as folder:
-        bar = Progress(f"port {path.name}", enabled=progress, unit="step")
-        try:
-            result = port_checkpoint(path, Path(folder) / f"model{WEIGHTS_SUFFIX}", options,
-                                     progress=lambda stage: bar.step(stage, len(PORT_STAGES)))
-        finally:
-            bar.end_line()
+        result = _port(path, Path(folder) / f"model{WEIGHTS_SUFFIX}", options, path.name,
+                       progress)
         return load_ported(result.written.path, result.written.sha256)
+
+
+def _port(src: Path, dst: Path, options: PortOptions, label: str, progress: bool | None,
+          **kwargs):
+    """``port_checkpoint`` with its stages on a bar labelled ``label`` (``progress``)."""
+    bar = Progress(f"port {label}", enabled=progress, unit="step")
+    try:
+        return port_checkpoint(src, dst, options, **kwargs,
+                               progress=lambda stage: bar.step(stage, len(PORT_STAGES)))
+    finally:
+        bar.end_line()
 
 
 # --- the rest --------------------------------------------------------------------------------
@@ -289,12 +291,8 @@ def _signals_unwind():
         yield
         return
     taken = [signum for signum in UNWOUND if signal.getsignal(signum) == signal.SIG_DFL]
-
-    def unwind(signum, frame):
-        raise Terminated(signum)
-
     for signum in taken:
-        signal.signal(signum, unwind)
+        signal.signal(signum, Terminated.handler)
     try:
         yield
     except Terminated as stop:

@@ -211,6 +211,12 @@ def _inside(archive: Path, name: str, is_dir: bool) -> tuple[str, ...]:
     return path.parts
 
 
+def _check_members(archive: Path, count: int, max_members: int) -> None:
+    if count > max_members:
+        raise PortError(f"{archive}: refused: holds more than {max_members} members "
+                        "(releases hold at most 3)")
+
+
 def _copy(data: BinaryIO, path: Path) -> None:
     with open(path, "xb") as out:
         while chunk := data.read(_CHUNK):
@@ -238,9 +244,7 @@ def _unpack(archive: Path, target: Path, max_bytes: int, max_members: int,
                 if member is None:
                     break
                 count += 1
-                if count > max_members:
-                    raise PortError(f"{archive}: refused: holds more than {max_members} members "
-                                    "(releases hold at most 3)")
+                _check_members(archive, count, max_members)
                 parts = _safe_parts(archive, member)
                 if not parts:  # the archive's root "." entry
                     continue
@@ -319,17 +323,13 @@ def _unpack_zip(archive: Path, target: Path, max_bytes: int, max_members: int,
     with open_input(archive, "archive") as raw:
         size = os.fstat(raw.fileno()).st_size
         members, directory = _zip_directory(archive, raw, size)
-        if members > max_members:
-            raise PortError(f"{archive}: refused: holds more than {max_members} members "
-                            "(releases hold at most 3)")
+        _check_members(archive, members, max_members)
         if directory > max(members, 1) * MAX_ZIP_ENTRY_BYTES:
             raise PortError(f"{archive}: refused: its central directory ({_size(directory)}) is "
                             f"larger than {members} members need")
         with zipfile.ZipFile(raw) as zipped:
             infos = zipped.infolist()
-            if len(infos) > max_members:
-                raise PortError(f"{archive}: refused: holds more than {max_members} members "
-                                "(releases hold at most 3)")
+            _check_members(archive, len(infos), max_members)
             seen, total, plan = set(), 0, []
             for info in infos:  # every member checked before anything is written
                 is_dir = _zip_member_is_dir(archive, info)
